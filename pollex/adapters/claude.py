@@ -1,0 +1,179 @@
+"""Anthropic's Messages API (SSE with named events). Opt-in: it sends text off the machine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+
+from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
+from pollex.adapters.http import (
+    parse_errors,
+    post_json,
+    read_error_body,
+    status_error,
+    streaming_post,
+    upstream_message,
+)
+from pollex.errors import UpstreamError
+from pollex.parsing import SSEDecoder
+
+UPSTREAM = "anthropic"
+API_VERSION = "2023-06-01"
+# HTTP statuses worth trying another backend for (upstreams.md §3.4).
+_RETRYABLE = frozenset({408, 409, 429, 529})
+
+
+class ClaudeAdapter:
+    provider = "claude"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str,
+        model: str,
+        url: str = "https://api.anthropic.com",
+        *,
+        first_token_timeout_s: float = 60.0,
+        max_line_bytes: int = 1 << 20,
+    ) -> None:
+        self._session = session
+        self._api_key = api_key
+        self._base = url.rstrip("/")
+        self.id = model
+        self.name = f"Claude ({model})"
+        self.first_token_timeout_s = first_token_timeout_s
+        self._max_line = max_line_bytes
+        self._key_rejected = False
+
+    async def probe(self) -> ProbeResult:
+        if not self._api_key:
+            return ProbeResult(False, "no API key")
+        if self._key_rejected:
+            return ProbeResult(False, "API key rejected")
+        return ProbeResult(True)
+
+    async def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
+        url = f"{self._base}/v1/messages"
+        body = self._body(chat, stream=True)
+        stream = streaming_post(self._session, url, body, UPSTREAM, self._status_error)
+        async with stream as resp:
+            decoder = SSEDecoder(self._max_line)
+            async for chunk in resp.content.iter_any():
+                with parse_errors():
+                    events = decoder.feed(chunk)
+                for event in events:
+                    try:
+                        data = json.loads(event.data)
+                    except ValueError:
+                        raise UpstreamError(
+                            f"{UPSTREAM} sent an event that is not JSON", kind="protocol"
+                        ) from None
+                    kind = event.event if event.event != "message" else data.get("type")
+                    if kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield delta["text"]
+                    elif kind == "message_start":
+                        _start_usage(finish, data)
+                    elif kind == "message_delta":
+                        _delta_usage(finish, data)
+                    elif kind == "message_stop":
+                        finish.reason = finish.reason or "stop"
+                        return
+                    elif kind == "error":
+                        raise _stream_error(data)
+            raise UpstreamError(f"{UPSTREAM} stream ended before message_stop", kind="protocol")
+
+    async def complete(self, chat: ChatRequest) -> Completion:
+        url = f"{self._base}/v1/messages"
+        body = self._body(chat, stream=False)
+        data = await post_json(
+            self._session, url, body, UPSTREAM, self._status_error, self._max_line
+        )
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
+        if data.get("type") == "error":
+            raise _stream_error(data)
+        blocks = data.get("content")
+        text = "".join(
+            b.get("text", "")
+            for b in blocks or ()
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        if not text:
+            raise UpstreamError(f"{UPSTREAM} answered with empty content", kind="protocol")
+        finish = Finish()
+        _start_usage(finish, {"message": data})
+        _delta_usage(finish, {"delta": data, "usage": data.get("usage")})
+        return Completion(text, finish)
+
+    def _body(self, chat: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        system = "\n\n".join(m.content for m in chat.messages if m.role == "system")
+        body: dict[str, Any] = {
+            "model": self.id,
+            "max_tokens": chat.max_tokens,
+            "messages": [
+                {"role": m.role, "content": m.content}
+                for m in chat.messages
+                if m.role in ("user", "assistant")
+            ],
+            "stream": stream,
+            "temperature": chat.temperature,
+        }
+        if system:
+            body["system"] = system
+        return body
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        body, raw = await read_error_body(resp)
+        message = upstream_message(body, raw, _message)
+        status = resp.status
+        if status == 401:
+            self._key_rejected = True
+            return status_error(UPSTREAM, status, message, failover=False, marks_down=True)
+        retryable = status >= 500 or status in _RETRYABLE
+        return status_error(UPSTREAM, status, message, failover=retryable, marks_down=retryable)
+
+
+def session_headers(api_key: str) -> dict[str, str]:
+    """Headers every request of the adapter's session carries."""
+    return {"x-api-key": api_key, "anthropic-version": API_VERSION}
+
+
+def _message(body: Any) -> str | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else None
+
+
+def _stream_error(data: dict[str, Any]) -> UpstreamError:
+    found = data.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    error_type = error.get("type", "error")
+    message = error.get("message") or error_type
+    overloaded = error_type in ("overloaded_error", "api_error", "rate_limit_error")
+    return UpstreamError(
+        f"{UPSTREAM}: {message} ({error_type})",
+        kind="status",
+        failover=overloaded,
+        marks_down=overloaded,
+    )
+
+
+def _start_usage(finish: Finish, data: dict[str, Any]) -> None:
+    usage = (data.get("message") or {}).get("usage") or {}
+    if "input_tokens" in usage:
+        finish.usage = Usage(int(usage["input_tokens"]), 0)
+
+
+def _delta_usage(finish: Finish, data: dict[str, Any]) -> None:
+    reason = (data.get("delta") or {}).get("stop_reason")
+    if reason:
+        finish.reason = "length" if reason == "max_tokens" else "stop"
+    output = (data.get("usage") or {}).get("output_tokens")
+    if output is not None:
+        prompt = finish.usage.prompt_tokens if finish.usage else 0
+        finish.usage = Usage(prompt, int(output))

@@ -1,0 +1,173 @@
+"""llama.cpp's `llama-server`, through its OpenAI-style `/v1/chat/completions`.
+
+Speaks both dialects the Nano may meet (upstreams.md §1.1): b5050 reports a mid-stream
+failure as a non-standard `error: {...}` line followed by `data: [DONE]`; current builds
+send `data: {"error": {...}}` and no `[DONE]`. A stream is complete only when a chunk with
+a `finish_reason` arrived and then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+
+from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
+from pollex.adapters.http import (
+    parse_errors,
+    post_json,
+    read_error_body,
+    status_error,
+    streaming_post,
+    upstream_message,
+)
+from pollex.errors import UpstreamError
+from pollex.parsing import SSEDecoder, SSEEvent
+
+UPSTREAM = "llama-server"
+
+
+class LlamaCppAdapter:
+    provider = "llamacpp"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        model: str = "",
+        *,
+        first_token_timeout_s: float = 120.0,
+        max_line_bytes: int = 1 << 20,
+    ) -> None:
+        self._session = session
+        self._base = url.rstrip("/")
+        self.id = model or "llama.cpp"
+        self.name = f"llama.cpp ({self.id})"
+        self.first_token_timeout_s = first_token_timeout_s
+        self._max_line = max_line_bytes
+
+    async def probe(self) -> ProbeResult:
+        try:
+            async with self._session.get(f"{self._base}/health") as resp:
+                status = resp.status
+        except aiohttp.ClientError:
+            return ProbeResult(False, f"{UPSTREAM} unreachable")
+        if status == 200:
+            return ProbeResult(True)
+        if status == 503:
+            return ProbeResult(False, f"{UPSTREAM} loading model")
+        return ProbeResult(False, f"{UPSTREAM} /health answered HTTP {status}")
+
+    async def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
+        url = f"{self._base}/v1/chat/completions"
+        body = self._body(chat, stream=True)
+        async with streaming_post(self._session, url, body, UPSTREAM, _status_error) as resp:
+            decoder = SSEDecoder(self._max_line, error_field=True)
+            async for chunk in resp.content.iter_any():
+                with parse_errors():
+                    events = decoder.feed(chunk)
+                for event in events:
+                    if event.data == "[DONE]":
+                        if finish.reason is None:
+                            raise UpstreamError(
+                                f"{UPSTREAM} sent [DONE] without a finish_reason", kind="protocol"
+                            )
+                        return
+                    text = _chunk_text(event, finish)
+                    if text:
+                        yield text
+            raise UpstreamError(f"{UPSTREAM} stream ended before [DONE]", kind="protocol")
+
+    async def complete(self, chat: ChatRequest) -> Completion:
+        url = f"{self._base}/v1/chat/completions"
+        body = self._body(chat, stream=False)
+        data = await post_json(self._session, url, body, UPSTREAM, _status_error, self._max_line)
+        _raise_embedded_error(data)
+        try:
+            choice = data["choices"][0]
+            text = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise UpstreamError(f"{UPSTREAM} answer has no choices", kind="protocol") from None
+        if not isinstance(text, str) or not text:
+            raise UpstreamError(f"{UPSTREAM} answered with empty content", kind="protocol")
+        return Completion(text, Finish(choice.get("finish_reason"), _usage(data)))
+
+    def _body(self, chat: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.id,
+            "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
+            "temperature": chat.temperature,
+            "max_tokens": chat.max_tokens,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+
+def _chunk_text(event: SSEEvent, finish: Finish) -> str | None:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise UpstreamError(f"{UPSTREAM} sent a chunk that is not JSON", kind="protocol") from None
+    if event.event == "error":
+        raise UpstreamError(_message(data) or event.data, kind="status", marks_down=False)
+    _raise_embedded_error(data)
+    usage = _usage(data)
+    if usage is not None:
+        finish.usage = usage
+    choices = data.get("choices")
+    if not choices:
+        return None
+    choice = choices[0]
+    reason = choice.get("finish_reason")
+    if reason:
+        finish.reason = reason
+    content = (choice.get("delta") or {}).get("content")
+    return content if isinstance(content, str) else None
+
+
+def _raise_embedded_error(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
+    if "error" in data:
+        raise UpstreamError(
+            f"{UPSTREAM}: {_message(data) or data['error']}", kind="status", marks_down=False
+        )
+
+
+def _message(body: Any) -> str | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error if isinstance(error, str) and error else None
+
+
+def _usage(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    timings = data.get("timings")
+    if not isinstance(usage, dict) and not isinstance(timings, dict):
+        return None
+    usage = usage if isinstance(usage, dict) else {}
+    timings = timings if isinstance(timings, dict) else {}
+    prompt = usage.get("prompt_tokens") or timings.get("prompt_n", 0) + timings.get("cache_n", 0)
+    completion = usage.get("completion_tokens") or timings.get("predicted_n", 0)
+    speed = timings.get("predicted_per_second")
+    return Usage(int(prompt), int(completion), round(float(speed), 2) if speed else None)
+
+
+async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
+    body, raw = await read_error_body(resp)
+    message = upstream_message(body, raw, _message)
+    error_type = body.get("error", {}).get("type") if isinstance(body, dict) else None
+    if resp.status >= 500:
+        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
+    if error_type == "exceed_context_size_error":
+        # The Nano's small context: a backend with a larger one can still serve the text.
+        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=False)
+    if resp.status in (401, 403, 404):
+        # pollex's configuration does not match this server: try the next backend.
+        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
+    return status_error(UPSTREAM, resp.status, message, failover=False, marks_down=False)

@@ -1,0 +1,78 @@
+"""The application factory: routes, middleware, and the resources that live with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from pollex import views
+from pollex.availability import Availability
+from pollex.backends import open_backends
+from pollex.config import Config
+from pollex.keys import AVAILABILITY, BACKENDS, CONFIG, METRICS, ROUTER, SYSTEM_PROMPT
+from pollex.metrics import Metrics
+from pollex.middleware import add_common_headers, request_context
+from pollex.router import Backends, Router
+
+
+def load_prompt(prompt_path: str) -> str:
+    if prompt_path:
+        return Path(prompt_path).read_text(encoding="utf-8").strip()
+    return (resources.files("pollex") / "prompts" / "polish.txt").read_text("utf-8").strip()
+
+
+def create_app(config: Config, backends: Backends | None = None) -> web.Application:
+    """Build the app. `backends` replaces the configured adapters (tests hand in fakes)."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[SYSTEM_PROMPT] = load_prompt(config.prompt_path)
+    app.cleanup_ctx.append(_backends(backends))
+    app.cleanup_ctx.append(_prober)
+    app.on_response_prepare.append(add_common_headers)
+    app.router.add_post("/api/polish", views.polish)
+    app.router.add_get("/api/models", views.models)
+    app.router.add_get("/api/health", views.health)
+    app.router.add_get("/health", views.health)
+    app.router.add_get("/metrics", views.metrics)
+    return app
+
+
+def _backends(
+    given: Backends | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        async with contextlib.AsyncExitStack() as stack:
+            backends = given
+            if backends is None:
+                backends = await stack.enter_async_context(open_backends(config))
+            availability = Availability(
+                list(backends.by_id.values()),
+                app[METRICS],
+                interval_s=config.probe_interval_s,
+                interval_down_s=config.probe_interval_down_s,
+                probe_timeout_s=config.probe_timeout_s,
+            )
+            app[BACKENDS] = backends
+            app[AVAILABILITY] = availability
+            app[ROUTER] = Router(
+                backends, availability, app[METRICS], max_output_chars=config.max_output_chars
+            )
+            yield
+
+    return context
+
+
+async def _prober(app: web.Application) -> AsyncIterator[None]:
+    """The background probe task: first round at start-up, without delaying it."""
+    task = asyncio.create_task(app[AVAILABILITY].run(), name="pollex-prober")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,23 @@
+"""Typed keys for what the app and each request share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pollex.availability import Availability
+from pollex.config import Config
+from pollex.metrics import Metrics
+from pollex.router import Backends, Router
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+SYSTEM_PROMPT = web.AppKey("system_prompt", str)
+BACKENDS = web.AppKey("backends", Backends)
+AVAILABILITY = web.AppKey("availability", Availability)
+ROUTER = web.AppKey("router", Router)
+
+# Per request: the request id, and fields the access log line adds (model, outcome, ...).
+REQUEST_ID = web.RequestKey("request_id", str)
+LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])

@@ -1,0 +1,99 @@
+"""Per-request plumbing: request id, one access-log line, request metrics, CORS, JSON errors."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from pollex.errors import PollexError
+from pollex.keys import CONFIG, LOG_FIELDS, METRICS, REQUEST_ID
+from pollex.views import json_error
+
+log = structlog.get_logger("pollex.access")
+
+_VALID_ID = re.compile(r"[0-9a-f]{32}")
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
+
+def request_id_of(request: web.Request) -> str:
+    incoming = request.headers.get("X-Request-ID", "")
+    return incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    request[LOG_FIELDS] = {}
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    status = 500
+    try:
+        response = await _json_errors(request, handler)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        request[LOG_FIELDS].setdefault("outcome", "client_gone")
+        raise
+    finally:
+        route = route_of(request)
+        request.app[METRICS].requests.labels(request.method, route, str(status)).inc()
+        log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            **request[LOG_FIELDS],
+        )
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "OPTIONS":
+        return web.Response(status=204)
+    try:
+        return await handler(request)
+    except PollexError as exc:
+        return json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return json_error(exc.status, _http_message(exc), **headers)
+    except Exception:  # the boundary: a bug must answer JSON 500, not a traceback page
+        log.exception("unhandled_error")
+        return json_error(500, "internal error")
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return "not found"
+    if exc.status == 405:
+        return "method not allowed"
+    if exc.status == 413:
+        return "request body too large"
+    return exc.reason.lower()
+
+
+async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs for streamed responses too, before their headers go out."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    response.headers["Access-Control-Allow-Origin"] = request.app[CONFIG].cors_origin
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-API-Key, Authorization"
+    response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"

@@ -1,0 +1,133 @@
+"""Incremental parsers for upstream streams: SSE (WHATWG HTML §9.2.6) and NDJSON.
+
+Both are fed raw network chunks, which split events, lines and even UTF-8 characters at
+arbitrary points, and both bound how much they hold: a line longer than `max_line_bytes`
+raises `LineTooLong` instead of growing a buffer without limit. Written by hand because
+the rules are short and central (b5050's `error:` field needs special handling that no
+SSE client library offers) and every chunk of every answer passes through here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class LineTooLong(ValueError):
+    pass
+
+
+class MalformedLine(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str
+    data: str
+    id: str
+
+
+class SSEDecoder:
+    """Turns SSE bytes into events.
+
+    With `error_field=True` a line `error: {...}` (llama-server b5050's non-standard way of
+    reporting a mid-stream failure) becomes an event named `error` instead of being ignored.
+    """
+
+    def __init__(self, max_line_bytes: int = 1 << 20, *, error_field: bool = False) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._pending = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id = ""
+        self._max_line = max_line_bytes
+        self._error_field = error_field
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        text = self._pending + self._decoder.decode(chunk)
+        lines = _LINE_END.split(text)
+        tail = lines.pop()
+        if tail == "" and text.endswith("\r"):
+            # A CR at the end of a chunk may be the first half of a CRLF: keep it back.
+            tail = lines.pop() + "\r"
+        if len(tail) > self._max_line:
+            raise LineTooLong(f"upstream line longer than {self._max_line} bytes")
+        self._pending = tail
+        events: list[SSEEvent] = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a held CR ends its line; an event without its blank line is dropped."""
+        events: list[SSEEvent] = []
+        if self._pending.endswith("\r"):
+            event = self._line(self._pending[:-1])
+            if event is not None:
+                events.append(event)
+        self._pending = ""
+        return events
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":
+            return None
+        field, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif field == "error" and self._error_field:
+            self._event = "error"
+            self._data.append(value)
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = SSEEvent(self._event or "message", "\n".join(self._data), self._last_id)
+        self._data = []
+        self._event = ""
+        return event
+
+
+class NDJSONDecoder:
+    """Turns newline-delimited JSON bytes into objects (Ollama's stream format)."""
+
+    def __init__(self, max_line_bytes: int = 1 << 20) -> None:
+        self._buffer = b""
+        self._max_line = max_line_bytes
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        if len(self._buffer) > self._max_line:
+            raise LineTooLong(f"upstream line longer than {self._max_line} bytes")
+        return [_json_line(line) for line in lines if line.strip()]
+
+    def close(self) -> list[Any]:
+        """End of stream: a last line without its newline must still be a whole document."""
+        rest, self._buffer = self._buffer, b""
+        return [_json_line(rest)] if rest.strip() else []
+
+
+def _json_line(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise MalformedLine(f"not JSON: {line[:80]!r}") from None

@@ -1,0 +1,184 @@
+"""Picks the adapters for a request and walks them until one answers (design §4).
+
+Failover happens only before the first chunk reached the client; after that a failure
+ends the answer (`StreamBroken`), so two models' outputs are never spliced together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Protocol
+
+from pollex.adapters import Adapter, ChatRequest, Finish
+from pollex.availability import Availability
+from pollex.errors import (
+    NoAdapterServed,
+    OutputTooLong,
+    PollexError,
+    StreamBroken,
+    UpstreamError,
+)
+from pollex.metrics import Metrics
+from pollex.watchdog import Watchdog
+
+
+class UnknownModel(PollexError):
+    status = 400
+
+
+class RequestTimeout(PollexError):
+    status = 504
+
+
+class Sink(Protocol):
+    """Where the served answer goes: the SSE writer or the JSON collector."""
+
+    async def start(self, adapter: Adapter, fallback_from: str | None) -> None: ...
+
+    async def text(self, chunk: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    intended: Adapter
+    candidates: tuple[Adapter, ...]
+
+    @property
+    def skipped(self) -> bool:
+        return self.candidates[0] is not self.intended
+
+
+@dataclass(frozen=True)
+class Served:
+    adapter: Adapter
+    fallback_from: str | None
+    text: str
+    finish: Finish
+
+
+class Backends:
+    """The registered adapters: by id, and the failover chain."""
+
+    def __init__(self, adapters: Sequence[Adapter], chain: Sequence[Adapter]) -> None:
+        self.by_id = {a.id: a for a in adapters}
+        self.chain = tuple(chain)
+
+    def listed(self) -> list[Adapter]:
+        """Chain order first, then adapters only reachable by `model_id`."""
+        return [*self.chain, *(a for a in self.by_id.values() if a not in self.chain)]
+
+
+class Router:
+    def __init__(
+        self,
+        backends: Backends,
+        availability: Availability,
+        metrics: Metrics,
+        *,
+        max_output_chars: int,
+    ) -> None:
+        self._backends = backends
+        self._availability = availability
+        self._metrics = metrics
+        self._max_output_chars = max_output_chars
+
+    def plan(self, model_id: str | None, fallback: bool) -> Plan:
+        """The adapters to try in order. Raises `UnknownModel` before anything is sent."""
+        if model_id is not None:
+            if model_id not in self._backends.by_id:
+                raise UnknownModel(f"unknown model: {model_id}")
+            intended = self._backends.by_id[model_id]
+        else:
+            intended = self._backends.chain[0]
+        order = [intended]
+        if fallback:
+            order += [a for a in self._backends.chain if a is not intended]
+        # Skip what is known to be down; if that is everything, the cache may be stale.
+        live = [a for a in order if self._availability.is_routable(a.id)]
+        return Plan(intended, tuple(live or order))
+
+    async def serve(self, plan: Plan, chat: ChatRequest, sink: Sink, watchdog: Watchdog) -> Served:
+        failures: list[tuple[str, str]] = []
+        previous: Adapter | None = plan.intended if plan.skipped else None
+        for adapter in plan.candidates:
+            if previous is not None:
+                self._metrics.failovers.labels(previous.id, adapter.id).inc()
+            previous = adapter
+            fallback_from = None if adapter is plan.intended else plan.intended.id
+            try:
+                return await self._attempt(adapter, fallback_from, chat, sink, watchdog)
+            except UpstreamError as exc:
+                if not exc.failover:
+                    raise
+                failures.append((adapter.name, exc.message))
+        raise NoAdapterServed(failures)
+
+    async def _attempt(
+        self,
+        adapter: Adapter,
+        fallback_from: str | None,
+        chat: ChatRequest,
+        sink: Sink,
+        watchdog: Watchdog,
+    ) -> Served:
+        finish = Finish()
+        parts: list[str] = []
+        chars = 0
+        watchdog.begin_attempt(adapter.first_token_timeout_s)
+        stop_listening = self._availability.on_down(adapter.id, watchdog.abort)
+        try:
+            async with aclosing(adapter.stream(chat, finish)) as chunks:
+                async for chunk in chunks:
+                    watchdog.progress()
+                    if not parts:
+                        stop_listening()
+                        self._availability.streaming(adapter.id, +1)
+                        await sink.start(adapter, fallback_from)
+                    parts.append(chunk)
+                    chars += len(chunk)
+                    if chars > self._max_output_chars:
+                        raise OutputTooLong()
+                    await sink.text(chunk)
+        except asyncio.CancelledError:
+            reason = watchdog.take_expiry()
+            if reason is None:
+                raise
+            if reason == "total":
+                raise RequestTimeout("request timeout") from None
+            error = self._timeout_error(adapter, reason)
+            self._failed(adapter, error)
+            raise (StreamBroken(error) if parts else error) from None
+        except UpstreamError as exc:
+            self._failed(adapter, exc)
+            if parts:
+                raise StreamBroken(exc) from exc
+            raise
+        finally:
+            stop_listening()
+            if parts:
+                self._availability.streaming(adapter.id, -1)
+        if not parts:
+            error = UpstreamError(
+                f"{adapter.name} returned an empty answer", kind="protocol", marks_down=False
+            )
+            self._failed(adapter, error)
+            raise error
+        self._availability.mark_up(adapter)
+        return Served(adapter, fallback_from, "".join(parts), finish)
+
+    def _timeout_error(self, adapter: Adapter, reason: str) -> UpstreamError:
+        if reason == "first_token":
+            message = f"{adapter.name}: no first token within {adapter.first_token_timeout_s:g} s"
+        elif reason == "idle":
+            message = f"{adapter.name}: upstream went silent"
+        else:
+            message = f"{adapter.name}: {reason}"
+        return UpstreamError(message, kind="timeout", status=504)
+
+    def _failed(self, adapter: Adapter, error: UpstreamError) -> None:
+        self._metrics.upstream_errors.labels(adapter.id, error.kind).inc()
+        if error.marks_down:
+            self._availability.mark_down(adapter, error.message)
