@@ -25,7 +25,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     # handler_cancellation: a client that goes away cancels its handler, and with it
     # the upstream request, so the GPU stops working for nobody.
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        create_app(config),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=config.shutdown_grace_s,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(

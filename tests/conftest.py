@@ -1,0 +1,118 @@
+"""Shared fixtures: fake upstreams on loopback, and pollex itself over real sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx_sse
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeAnthropic, FakeLlamaServer, FakeOllama, FakeUpstream
+
+from pollex.app import create_app
+from pollex.config import Config
+
+# Small intervals so failover, recovery and keep-alive are seen in milliseconds.
+FAST = {
+    "probe_interval_s": 0.05,
+    "probe_interval_down_s": 0.02,
+    "probe_timeout_s": 0.3,
+    "connect_timeout_s": 0.5,
+    "keepalive_s": 5.0,
+    "first_token_timeout_s": 5.0,
+    "idle_timeout_s": 5.0,
+    "request_timeout_s": 10.0,
+    "stream_timeout_s": 10.0,
+    "log_format": "console",
+}
+
+
+def fast_config(**overrides: Any) -> Config:
+    return dataclasses.replace(Config(), **{**FAST, **overrides})
+
+
+@dataclasses.dataclass
+class Running:
+    """A fake upstream served on a fixed loopback port, which can be stopped and restarted."""
+
+    fake: Any
+    server: TestServer
+    start_server: Callable[..., Awaitable[TestServer]]
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def stop(self) -> None:
+        await self.server.close()
+
+    async def restart(self) -> None:
+        self.server = await self.start_server(self.fake.app(), port=self.server.port)
+
+
+@pytest.fixture
+def serve_fake(aiohttp_server: Any) -> Callable[[FakeUpstream], Awaitable[Running]]:
+    async def start(fake: FakeUpstream) -> Running:
+        async def start_server(app: Any, port: int | None = None) -> TestServer:
+            return await aiohttp_server(app, port=port, shutdown_timeout=0.2)  # type: ignore[no-any-return]
+
+        return Running(fake, await start_server(fake.app()), start_server)
+
+    return start
+
+
+@pytest.fixture
+async def llama(serve_fake: Any) -> Running:
+    return await serve_fake(FakeLlamaServer())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def ollama(serve_fake: Any) -> Running:
+    return await serve_fake(FakeOllama())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def anthropic(serve_fake: Any) -> Running:
+    return await serve_fake(FakeAnthropic())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pollex(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    """Start pollex on a real loopback socket with the given settings."""
+
+    async def start(**overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(  # type: ignore[no-any-return]
+            create_app(fast_config(**overrides)), server_kwargs={"shutdown_timeout": 0.2}
+        )
+
+    return start
+
+
+@dataclasses.dataclass
+class Event:
+    event: str
+    data: Any
+
+
+async def sse_events(url: str, body: dict[str, Any], **headers: str) -> AsyncIterator[Event]:
+    """Events of one SSE polish, read by httpx-sse (a parser pollex did not write)."""
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        httpx_sse.aconnect_sse(client, "POST", url, json=body, headers=headers) as source,
+    ):
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        async for sse in source.aiter_sse():
+            yield Event(sse.event, json.loads(sse.data))
+
+
+async def collect_events(url: str, body: dict[str, Any]) -> list[Event]:
+    return [event async for event in sse_events(url, body)]

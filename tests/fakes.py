@@ -1,0 +1,310 @@
+"""Fake upstreams: real aiohttp servers on 127.0.0.1 speaking each upstream's wire format.
+
+The llama-server fake replays the captured traffic in tests/fixtures/llama-server/ byte
+for byte (same HTTP chunks as on the wire) and can speak b5050's dialect too. Each fake
+has knobs a test turns: what health says, what a chat request gets, pacing, a gate to
+hold the stream, a cut mid-stream; and it records what it was asked and whether its
+client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from captures import load, wire_chunks
+
+WORDS = ("I", " went", " to", " the", " store", " yesterday", ".")
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class FakeUpstream:
+    """What every fake shares: request log, pacing, gate, cut, cancellation watch."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.chunk_delay = 0.0
+        self.gate: asyncio.Event | None = None
+        self.gate_after = 1
+        self.cut_after: int | None = None
+        self.hang = False
+        self.cancelled = asyncio.Event()
+        self.streams_started = 0
+        self.streams_completed = 0
+        self.probes = 0
+
+    async def _record(self, request: web.Request) -> Any:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        return body
+
+    async def _hang_forever(self) -> web.Response:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    async def _stream(
+        self, request: web.Request, chunks: Sequence[bytes], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Send `chunks` one HTTP chunk each, honouring the knobs."""
+        self.streams_started += 1
+        response = web.StreamResponse(status=200, headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for index, chunk in enumerate(chunks):
+                if self.cut_after is not None and index == self.cut_after:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if self.gate is not None and index == self.gate_after:
+                    await self.gate.wait()
+                if self.chunk_delay and index:
+                    await asyncio.sleep(self.chunk_delay)
+                await response.write(chunk)
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled.set()
+            raise
+        self.streams_completed += 1
+        return response
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+
+class FakeLlamaServer(FakeUpstream):
+    """llama-server. `health`: ready | loading | hang. `chat`: ok | loading | error500 |
+    context | bad_request | hang | garbage. `dialect`: current (the captures) | b5050."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.health = "ready"
+        self.chat = "ok"
+        self.dialect = "current"
+        self.stream_chunks: Sequence[bytes] = wire_chunks("chat-stream.wire.http")
+        self.mid_stream_error = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        self.probes += 1
+        if self.health == "hang":
+            return await self._hang_forever()
+        capture = load("health-ready.http" if self.health == "ready" else "health-loading.http")
+        return _replay(capture.status, capture.replay_headers(), capture.body)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if self.chat == "hang":
+            return await self._hang_forever()
+        errors = {
+            "loading": "chat-while-loading.http",
+            "error500": "error-not-json.http",
+            "context": "error-context-exceeded.http",
+            "bad_request": "error-no-messages.http",
+        }
+        if self.chat in errors:
+            capture = load(errors[self.chat])
+            return _replay(capture.status, capture.replay_headers(), capture.body)
+        if self.chat == "garbage":
+            return web.Response(
+                status=200, text="<html>proxy error</html>", content_type="text/html"
+            )
+        if not body.get("stream"):
+            capture = load("chat-stop.http")
+            return _replay(capture.status, capture.replay_headers(), capture.body)
+        chunks = list(self.stream_chunks)
+        if self.mid_stream_error:
+            chunks = chunks[:3] + self._error_chunks()
+        return await self._stream(request, chunks, load("chat-stream.http").replay_headers())
+
+    def _error_chunks(self) -> list[bytes]:
+        error = {
+            "code": 500,
+            "message": "llama_decode failed: out of memory",
+            "type": "server_error",
+        }
+        if self.dialect == "b5050":
+            return [b"error: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
+        return [b"data: " + json.dumps({"error": error}).encode() + b"\n\n"]
+
+
+class FakeOllama(FakeUpstream):
+    """Ollama. `state`: ok | missing_model | error500 | hang. `mid_stream_error` sends
+    Ollama's in-band `{"error": ...}` line after two words."""
+
+    def __init__(self, model: str = "qwen2.5:1.5b", words: Sequence[str] = WORDS) -> None:
+        super().__init__()
+        self.model = model
+        self.words = list(words)
+        self.state = "ok"
+        self.mid_stream_error = False
+        self.crlf = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/chat", self._chat)
+        return app
+
+    async def _root(self, request: web.Request) -> web.Response:
+        self.probes += 1
+        if self.state == "hang":
+            return await self._hang_forever()
+        return web.Response(text="Ollama is running")
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        names = [] if self.state == "missing_model" else [self.model]
+        return web.json_response({"models": [{"name": n, "model": n} for n in names]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if self.state == "hang":
+            return await self._hang_forever()
+        if self.state == "missing_model":
+            return web.json_response({"error": f"model '{self.model}' not found"}, status=404)
+        if self.state == "error500":
+            return web.json_response({"error": "llama runner process has terminated"}, status=500)
+        lines = [self._line(word, done=False) for word in self.words]
+        if self.mid_stream_error:
+            lines = lines[:2] + [
+                json.dumps({"error": "an error was encountered while running the model"})
+            ]
+        else:
+            lines.append(self._line("", done=True))
+        if not body.get("stream", True):
+            final = json.loads(self._line("".join(self.words), done=True))
+            return web.json_response(final)
+        end = "\r\n" if self.crlf else "\n"
+        chunks = [(line + end).encode() for line in lines]
+        return await self._stream(request, chunks, {"Content-Type": "application/x-ndjson"})
+
+    def _line(self, content: str, *, done: bool) -> str:
+        obj: dict[str, Any] = {
+            "model": self.model,
+            "created_at": "2026-11-26T12:00:00.000000Z",
+            "message": {"role": "assistant", "content": content},
+            "done": done,
+        }
+        if done:
+            obj.update(
+                done_reason="stop",
+                total_duration=4883583458,
+                load_duration=1334875,
+                prompt_eval_count=26,
+                prompt_eval_duration=342546000,
+                eval_count=len(self.words),
+                eval_duration=1750000000,
+            )
+        return json.dumps(obj)
+
+
+class FakeAnthropic(FakeUpstream):
+    """Anthropic Messages API. `state`: ok | overloaded (529) | unauthorized (401);
+    `mid_stream_error` sends `event: error` overloaded_error after two words."""
+
+    def __init__(self, words: Sequence[str] = WORDS) -> None:
+        super().__init__()
+        self.words = list(words)
+        self.state = "ok"
+        self.mid_stream_error = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        return app
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if self.state == "overloaded":
+            return web.json_response(_anthropic_error("overloaded_error", "Overloaded"), status=529)
+        if self.state == "unauthorized":
+            return web.json_response(
+                _anthropic_error("authentication_error", "invalid x-api-key"), status=401
+            )
+        if not body.get("stream"):
+            return web.json_response(self._message(text="".join(self.words)))
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("message_start", {"type": "message_start", "message": self._message(text=None)}),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            ("ping", {"type": "ping"}),
+        ]
+        for word in self.words:
+            events.append(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": word},
+                    },
+                )
+            )
+        if self.mid_stream_error:
+            events = events[:5] + [("error", _anthropic_error("overloaded_error", "Overloaded"))]
+        else:
+            events += [
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": len(self.words)},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+        chunks = [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+        return await self._stream(request, chunks, {"Content-Type": "text/event-stream"})
+
+    def _message(self, text: str | None) -> dict[str, Any]:
+        return {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": [] if text is None else [{"type": "text", "text": text}],
+            "stop_reason": None if text is None else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 0 if text is None else len(self.words)},
+        }
+
+
+def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_1"}
+
+
+def _replay(status: int, headers: dict[str, str], body: bytes) -> web.Response:
+    headers = dict(headers)
+    content_type = headers.pop("Content-Type", "application/json")
+    return web.Response(status=status, body=body, headers={**headers, "Content-Type": content_type})
