@@ -189,8 +189,9 @@ class FakeOllama(FakeUpstream):
             return web.json_response({"error": "llama runner process has terminated"}, status=500)
         lines = [self._line(word, done=False) for word in self.words]
         if self.mid_stream_error:
-            lines = lines[:2] + [
-                json.dumps({"error": "an error was encountered while running the model"})
+            lines = [
+                *lines[:2],
+                json.dumps({"error": "an error was encountered while running the model"}),
             ]
         else:
             lines.append(self._line("", done=True))
@@ -270,7 +271,7 @@ class FakeAnthropic(FakeUpstream):
                 )
             )
         if self.mid_stream_error:
-            events = events[:5] + [("error", _anthropic_error("overloaded_error", "Overloaded"))]
+            events = [*events[:5], ("error", _anthropic_error("overloaded_error", "Overloaded"))]
         else:
             events += [
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
