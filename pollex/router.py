@@ -143,6 +143,7 @@ class Router:
                         raise OutputTooLong()
                     await sink.text(chunk)
         except asyncio.CancelledError:
+            stop_listening()
             reason = watchdog.take_expiry()
             if reason is None:
                 raise
@@ -152,6 +153,7 @@ class Router:
             self._failed(adapter, error)
             raise (StreamBroken(error) if parts else error) from None
         except UpstreamError as exc:
+            stop_listening()
             self._failed(adapter, exc)
             if parts:
                 raise StreamBroken(exc) from exc
@@ -171,11 +173,11 @@ class Router:
 
     def _timeout_error(self, adapter: Adapter, reason: str) -> UpstreamError:
         if reason == "first_token":
-            message = f"{adapter.name}: no first token within {adapter.first_token_timeout_s:g} s"
+            message = f"no first token within {adapter.first_token_timeout_s:g} s"
         elif reason == "idle":
-            message = f"{adapter.name}: upstream went silent"
+            message = "upstream stopped sending output"
         else:
-            message = f"{adapter.name}: {reason}"
+            message = reason
         return UpstreamError(message, kind="timeout", status=504)
 
     def _failed(self, adapter: Adapter, error: UpstreamError) -> None:

@@ -47,16 +47,17 @@ class Running:
     fake: Any
     server: TestServer
     start_server: Callable[..., Awaitable[TestServer]]
+    url: str = dataclasses.field(init=False)
 
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+    def __post_init__(self) -> None:
+        self.url = str(self.server.make_url("")).rstrip("/")
 
     async def stop(self) -> None:
         await self.server.close()
 
     async def restart(self) -> None:
-        self.server = await self.start_server(self.fake.app(), port=self.server.port)
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = await self.start_server(self.fake.app(), port=port)
 
 
 @pytest.fixture

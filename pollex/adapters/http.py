@@ -52,7 +52,7 @@ async def translated(upstream: str) -> AsyncIterator[None]:
     except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
         raise UpstreamError(f"{upstream} timed out", kind="timeout") from exc
     except aiohttp.ClientPayloadError as exc:
-        raise UpstreamError(f"{upstream} stream was cut: {exc}", kind="protocol") from exc
+        raise UpstreamError(f"{upstream} stream was cut", kind="protocol") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"{upstream} connection failed: {exc}", kind="connect") from exc
 

@@ -113,7 +113,9 @@ def _chunk_text(event: SSEEvent, finish: Finish) -> str | None:
     except ValueError:
         raise UpstreamError(f"{UPSTREAM} sent a chunk that is not JSON", kind="protocol") from None
     if event.event == "error":
-        raise UpstreamError(_message(data) or event.data, kind="status", marks_down=False)
+        # b5050: `error: {"code", "message", "type"}`, the error object itself.
+        message = data.get("message") if isinstance(data, dict) else None
+        raise UpstreamError(f"{UPSTREAM}: {message or event.data}", kind="status", marks_down=False)
     _raise_embedded_error(data)
     usage = _usage(data)
     if usage is not None:
