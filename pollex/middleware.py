@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pollex.errors import PollexError
+from pollex.http_errors import error_response
 from pollex.keys import CONFIG, LOG_FIELDS, METRICS, REQUEST_ID
-from pollex.views import json_error
 
 log = structlog.get_logger("pollex.access")
 
@@ -67,15 +67,15 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except PollexError as exc:
-        return json_error(exc.status, exc.message)
+        return error_response(request, exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-        return json_error(exc.status, _http_message(exc), **headers)
+        return error_response(request, exc.status, _http_message(exc), headers=headers)
     except Exception:  # the boundary: a bug must answer JSON 500, not a traceback page
         log.exception("unhandled_error")
-        return json_error(500, "internal error")
+        return error_response(request, 500, "internal error")
 
 
 def _http_message(exc: web.HTTPException) -> str:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pollex import __version__
 from pollex.adapters import Adapter, ChatRequest
 from pollex.errors import PollexError
+from pollex.http_errors import error_response
 from pollex.keys import (
     AVAILABILITY,
     BACKENDS,
@@ -30,10 +31,6 @@ from pollex.watchdog import Watchdog
 
 DELTA_PREFIX = b'event: delta\ndata: {"text":'
 DELTA_SUFFIX = b"}\n\n"
-
-
-def json_error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
 class BadRequest(PollexError):
@@ -158,7 +155,7 @@ async def _polish_json(
         served = await app[ROUTER].serve(plan, chat, sink, watchdog)
     except PollexError as exc:
         _log_failure(request, exc)
-        return json_error(exc.status, exc.message)
+        return error_response(request, exc.status, exc.message)
     finally:
         watchdog.stop()
     elapsed_ms = _record_success(request, served, sink, started)
