@@ -14,9 +14,10 @@ from pollex import views
 from pollex.availability import Availability
 from pollex.backends import open_backends
 from pollex.config import Config
-from pollex.keys import AVAILABILITY, BACKENDS, CONFIG, METRICS, ROUTER, SYSTEM_PROMPT
+from pollex.guard import SlidingWindowLimiter
+from pollex.keys import AVAILABILITY, BACKENDS, CONFIG, LIMITER, METRICS, ROUTER, SYSTEM_PROMPT
 from pollex.metrics import Metrics
-from pollex.middleware import add_common_headers, request_context
+from pollex.middleware import add_common_headers, guard, request_context
 from pollex.router import Backends, Router
 
 
@@ -28,8 +29,11 @@ def load_prompt(prompt_path: str) -> str:
 
 def create_app(config: Config, backends: Backends | None = None) -> web.Application:
     """Build the app. `backends` replaces the configured adapters (tests hand in fakes)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[request_context, guard]
+    )
     app[CONFIG] = config
+    app[LIMITER] = SlidingWindowLimiter(config.rate_limit_per_minute)
     app[METRICS] = Metrics()
     app[SYSTEM_PROMPT] = load_prompt(config.prompt_path)
     app.cleanup_ctx.append(_backends(backends))

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from pollex.availability import Availability
 from pollex.config import Config
+from pollex.guard import SlidingWindowLimiter
 from pollex.metrics import Metrics
 from pollex.router import Backends, Router
 
@@ -17,6 +18,7 @@ SYSTEM_PROMPT = web.AppKey("system_prompt", str)
 BACKENDS = web.AppKey("backends", Backends)
 AVAILABILITY = web.AppKey("availability", Availability)
 ROUTER = web.AppKey("router", Router)
+LIMITER = web.AppKey("limiter", SlidingWindowLimiter)
 
 # Per request: the request id, and fields the access log line adds (model, outcome, ...).
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -12,8 +12,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pollex.errors import PollexError
+from pollex.guard import client_ip, is_exempt, key_is_valid, presented_key, retry_after_header
 from pollex.http_errors import error_response
-from pollex.keys import CONFIG, LOG_FIELDS, METRICS, REQUEST_ID
+from pollex.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
 
 log = structlog.get_logger("pollex.access")
 
@@ -76,6 +77,28 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except Exception:  # the boundary: a bug must answer JSON 500, not a traceback page
         log.exception("unhandled_error")
         return error_response(request, 500, "internal error")
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API key, then rate limit; see pollex.guard for the rules."""
+    if is_exempt(request):
+        return await handler(request)
+    config = request.app[CONFIG]
+    refusal: str | None = None
+    if config.api_key:
+        key = presented_key(request)
+        if key is not None and key_is_valid(key, config.api_key):
+            return await handler(request)
+        refusal = "missing API key" if key is None else "invalid API key"
+    wait = request.app[LIMITER].hit(client_ip(request, config.trust_proxy_headers))
+    if wait is not None:
+        request[LOG_FIELDS]["outcome"] = "rate_limited"
+        return error_response(request, 429, "rate limit exceeded", headers=retry_after_header(wait))
+    if refusal is not None:
+        request[LOG_FIELDS]["outcome"] = "unauthorized"
+        return error_response(request, 401, refusal)
+    return await handler(request)
 
 
 def _http_message(exc: web.HTTPException) -> str:

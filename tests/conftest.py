@@ -33,6 +33,7 @@ FAST = {
     "request_timeout_s": 10.0,
     "stream_timeout_s": 10.0,
     "log_format": "console",
+    "rate_limit_per_minute": 10000,
 }
 
 
