@@ -1,0 +1,82 @@
+"""jetson/deploy.sh with ssh, scp and the wheel build stubbed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+JETSON = HERE.parents[1] / "jetson"
+SCRIPT = JETSON / "deploy.sh"
+TARGET = "me@nano.local"
+
+
+def deploy(sb, *args: str, **env: str):
+    return sb.run(SCRIPT, *args, **{"JETSON_HOST": "nano.local", "JETSON_USER": "me", **env})
+
+
+def test_build_llamacpp_copies_the_script_and_unit_then_runs_it(sandbox) -> None:
+    result = deploy(sandbox, "build-llamacpp", "--force")
+    assert result.returncode == 0, result.stderr
+    assert sandbox.log() == [
+        f"ssh {TARGET} mkdir -p pollex-deploy",
+        f"scp -q {JETSON}/build-llamacpp.sh {JETSON}/llama-server.service {TARGET}:pollex-deploy/",
+        f"ssh -t {TARGET} sudo bash pollex-deploy/build-llamacpp.sh --force",
+    ]
+    assert "==> build llama-server on nano.local" in result.stdout
+
+
+def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
+    result = deploy(sandbox, "install", "--jetson-clocks")
+    assert result.returncode == 0, result.stderr
+    log = sandbox.log()
+    assert log[0] == "python3 -c import build"
+    assert log[1].startswith("python3 -m build --wheel --outdir ")
+    scp = next(line for line in log if line.startswith("scp "))
+    for name in (
+        "install-pollex.sh",
+        "config.yaml",
+        "pollex.service",
+        "jetson-clocks.service",
+        "pollex-1.0.0-py3-none-any.whl",
+    ):
+        assert name in scp
+    assert log[-1] == (
+        f"ssh -t {TARGET} sudo bash pollex-deploy/install-pollex.sh --jetson-clocks "
+        "pollex-deploy/pollex-1.0.0-py3-none-any.whl"
+    )
+    assert not list((sandbox.root / "tmp").iterdir())  # the local wheel dir is cleaned up
+
+
+def test_status_checks_both_units_and_health_on_the_nano(sandbox) -> None:
+    result = deploy(sandbox, "status")
+    assert result.returncode == 0, result.stderr
+    assert sandbox.log() == [f"ssh {TARGET} sh -s -- http://127.0.0.1:8090/api/health"]
+    script = (sandbox.root / "state" / "ssh-stdin").read_text()
+    assert "for u in llama-server pollex" in script and 'systemctl is-active "$u.service"' in script
+    assert "curl -sS --max-time 5" in script
+
+
+def test_logs(sandbox) -> None:
+    assert deploy(sandbox, "logs", "-f", "50").returncode == 0
+    assert deploy(sandbox, "logs").returncode == 0
+    assert sandbox.log() == [
+        f"ssh {TARGET} journalctl --no-pager -u llama-server.service -u pollex.service -n 50 -f",
+        f"ssh {TARGET} journalctl --no-pager -u llama-server.service -u pollex.service -n 200",
+    ]
+
+
+def test_dry_run_runs_nothing(sandbox) -> None:
+    for cmd in ("build-llamacpp", "install", "status", "logs"):
+        result = deploy(sandbox, cmd, DRY_RUN="1")
+        assert result.returncode == 0, result.stderr
+        assert "[dry-run] " in result.stdout + result.stderr
+    assert [line for line in sandbox.log() if line != "python3 -c import build"] == []
+
+
+def test_host_is_required_and_commands_are_checked(sandbox) -> None:
+    no_host = deploy(sandbox, "status", JETSON_HOST="")
+    assert no_host.returncode != 0 and "set JETSON_HOST" in no_host.stderr
+    bad = deploy(sandbox, "reboot")
+    assert bad.returncode != 0 and "unknown command: reboot" in bad.stderr
+    assert "build-llamacpp [--force]" in deploy(sandbox, "--help").stdout
+    assert sandbox.log() == []

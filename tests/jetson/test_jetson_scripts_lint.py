@@ -1,0 +1,77 @@
+"""Static checks of the jetson/ scripts and config: shellcheck, strict mode, config keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def words(text: str) -> list[str]:
+    """The whitespace-separated words of text (long lists stay compact)."""
+    return text.split()
+
+
+JETSON = Path(__file__).resolve().parents[2] / "jetson"
+SCRIPTS = sorted(JETSON.glob("*.sh"))
+
+# The keys pollex's config loader accepts (design.md §6); anything else is rejected there.
+CONFIG_KEYS = set(
+    words("""
+    host port llamacpp_url llamacpp_model ollama_url ollama_model claude_api_key claude_model
+    claude_url fallback prompt_path api_key api_key_file probe_interval_s probe_interval_down_s
+    probe_timeout_s connect_timeout_s first_token_timeout_s llamacpp_first_token_timeout_s
+    ollama_first_token_timeout_s claude_first_token_timeout_s idle_timeout_s request_timeout_s
+    stream_timeout_s keepalive_s max_body_bytes max_text_chars rate_limit_per_minute
+    max_output_tokens max_output_chars max_upstream_line_bytes shutdown_grace_s cors_origin
+    trust_proxy_headers log_format log_level
+    """)
+)
+
+
+def test_the_three_scripts_are_there() -> None:
+    assert [s.name for s in SCRIPTS] == ["build-llamacpp.sh", "deploy.sh", "install-pollex.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_clean(script: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck not found: install it with `apt-get install -y shellcheck`")
+    result = subprocess.run(
+        [shellcheck, "--severity=style", "--external-sources", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_strict_mode_and_executable(script: Path) -> None:
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    assert os.access(script, os.X_OK), f"chmod +x {script}"
+
+
+def test_config_uses_only_known_keys_with_the_right_types() -> None:
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((JETSON / "config.yaml").read_text())
+    assert set(config) <= CONFIG_KEYS, set(config) - CONFIG_KEYS
+    for key, value in config.items():
+        if key == "port" or re.search(r"_(bytes|chars|tokens)$|^rate_limit", key):
+            assert type(value) is int, key
+        elif key.endswith("_s"):
+            assert type(value) in (int, float), key
+    assert config["llamacpp_url"] == "http://127.0.0.1:8080"
+    assert config["llamacpp_model"] == "qwen2.5:1.5b-gpu"
+    assert config["ollama_url"] == "http://127.0.0.1:11434"
+    assert config["ollama_model"] == "qwen2.5:1.5b"
+    assert config["fallback"] == ["llamacpp", "ollama"]
+    assert (config["host"], config["port"], config["log_format"]) == ("127.0.0.1", 8090, "json")
+    assert not {"api_key", "claude_api_key"} & set(config)  # secrets live in secrets.env
