@@ -61,9 +61,11 @@ class ClaudeAdapter:
         stream = streaming_post(self._session, url, body, UPSTREAM, self._status_error)
         async with stream as resp:
             decoder = SSEDecoder(self._max_line)
-            async for chunk in resp.content.iter_any():
+            while True:
+                chunk = await resp.content.readany()
                 with parse_errors():
-                    events = decoder.feed(chunk)
+                    # At EOF, close() still ends a line held back for its CR.
+                    events = decoder.feed(chunk) if chunk else decoder.close()
                 for event in events:
                     try:
                         data = json.loads(event.data)
@@ -71,6 +73,10 @@ class ClaudeAdapter:
                         raise UpstreamError(
                             f"{UPSTREAM} sent an event that is not JSON", kind="protocol"
                         ) from None
+                    if not isinstance(data, dict):
+                        raise UpstreamError(
+                            f"{UPSTREAM} sent JSON that is not an object", kind="protocol"
+                        )
                     kind = event.event if event.event != "message" else data.get("type")
                     if kind == "content_block_delta":
                         delta = data.get("delta") or {}
@@ -85,7 +91,10 @@ class ClaudeAdapter:
                         return
                     elif kind == "error":
                         raise _stream_error(data)
-            raise UpstreamError(f"{UPSTREAM} stream ended before message_stop", kind="protocol")
+                if not chunk:
+                    raise UpstreamError(
+                        f"{UPSTREAM} stream ended before message_stop", kind="protocol"
+                    )
 
     async def complete(self, chat: ChatRequest) -> Completion:
         url = f"{self._base}/v1/messages"

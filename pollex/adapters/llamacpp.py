@@ -65,9 +65,11 @@ class LlamaCppAdapter:
         body = self._body(chat, stream=True)
         async with streaming_post(self._session, url, body, UPSTREAM, _status_error) as resp:
             decoder = SSEDecoder(self._max_line, error_field=True)
-            async for chunk in resp.content.iter_any():
+            while True:
+                chunk = await resp.content.readany()
                 with parse_errors():
-                    events = decoder.feed(chunk)
+                    # At EOF, close() still ends a line held back for its CR.
+                    events = decoder.feed(chunk) if chunk else decoder.close()
                 for event in events:
                     if event.data == "[DONE]":
                         if finish.reason is None:
@@ -78,7 +80,8 @@ class LlamaCppAdapter:
                     text = _chunk_text(event, finish)
                     if text:
                         yield text
-            raise UpstreamError(f"{UPSTREAM} stream ended before [DONE]", kind="protocol")
+                if not chunk:
+                    raise UpstreamError(f"{UPSTREAM} stream ended before [DONE]", kind="protocol")
 
     async def complete(self, chat: ChatRequest) -> Completion:
         url = f"{self._base}/v1/chat/completions"
@@ -163,7 +166,8 @@ def _usage(data: dict[str, Any]) -> Usage | None:
 async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
     body, raw = await read_error_body(resp)
     message = upstream_message(body, raw, _message)
-    error_type = body.get("error", {}).get("type") if isinstance(body, dict) else None
+    error = body.get("error") if isinstance(body, dict) else None
+    error_type = error.get("type") if isinstance(error, dict) else None
     if resp.status >= 500:
         return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
     if error_type == "exceed_context_size_error":

@@ -1,0 +1,113 @@
+"""MockAdapter: the model-free backend behind `pollex serve --mock`, and its `tidy` rules."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pollex.adapters import ChatRequest, Completion, Finish, Message, ProbeResult, Usage
+from pollex.adapters.mock import MockAdapter, tidy
+
+SYSTEM = "Fix grammar."
+
+
+def chat(text: str, max_tokens: int = 512) -> ChatRequest:
+    return ChatRequest.polish(text, SYSTEM, max_tokens)
+
+
+async def collect(adapter: MockAdapter, request: ChatRequest) -> tuple[list[str], Finish]:
+    finish = Finish()
+    return [chunk async for chunk in adapter.stream(request, finish)], finish
+
+
+async def test_identity_and_probe() -> None:
+    adapter = MockAdapter(first_token_timeout_s=4.0)
+    assert (adapter.id, adapter.provider, adapter.name) == ("mock", "mock", "Mock")
+    assert adapter.first_token_timeout_s == 4.0
+    assert await adapter.probe() == ProbeResult(True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("i went to the store yesterday", "I went to the store yesterday."),
+        ("  i   went\tto the store  ", "I went to the store."),
+        ("hello , world !", "Hello, world!"),
+        ("is it done? yes. i think so", "Is it done? Yes. I think so."),
+        ("first line\nsecond line", "First line\nSecond line."),
+        ("Already fine.", "Already fine."),
+        ("iPhone and i", "IPhone and I."),
+        ("ends with a number 42", "Ends with a number 42."),
+        ("done!", "Done!"),
+        ("", ""),
+        ("   \n  ", ""),
+    ],
+)
+def test_tidy(text: str, expected: str) -> None:
+    assert tidy(text) == expected
+
+
+async def test_stream_word_by_word() -> None:
+    chunks, finish = await collect(MockAdapter(), chat("i went to the store yesterday"))
+    assert chunks == ["I ", "went ", "to ", "the ", "store ", "yesterday."]
+    assert finish == Finish("stop", Usage(6, 6))
+
+
+async def test_stream_uses_the_last_message() -> None:
+    request = ChatRequest((Message("system", "ignored words here"), Message("user", "a b")), 10)
+    chunks, finish = await collect(MockAdapter(), request)
+    assert "".join(chunks) == "A b."
+    assert finish.usage == Usage(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "text", "reason", "usage"),
+    [
+        (2, "I went", "length", Usage(6, 2)),
+        (5, "I went to the store ", "length", Usage(6, 5)),
+        (6, "I went to the store yesterday.", "stop", Usage(6, 6)),
+        (100, "I went to the store yesterday.", "stop", Usage(6, 6)),
+    ],
+)
+async def test_stream_max_tokens(max_tokens: int, text: str, reason: str, usage: Usage) -> None:
+    chunks, finish = await collect(MockAdapter(), chat("i went to the store yesterday", max_tokens))
+    assert "".join(chunks).rstrip() == text.rstrip()
+    assert finish == Finish(reason, usage)
+
+
+async def test_stream_empty_text() -> None:
+    assert await collect(MockAdapter(), chat("")) == ([], Finish("stop", Usage(0, 0)))
+
+
+async def test_complete_is_the_joined_stream() -> None:
+    result = await MockAdapter().complete(chat("i went to the store yesterday"))
+    assert result == Completion("I went to the store yesterday.", Finish("stop", Usage(6, 6)))
+
+
+async def test_delay_paces_the_stream_and_closing_stops_it() -> None:
+    loop = asyncio.get_running_loop()
+    adapter = MockAdapter(delay_s=0.01)
+    finish = Finish()
+    stream = adapter.stream(chat("one two three four five six seven eight"), finish)
+    started = loop.time()
+    assert await stream.__anext__() == "One "
+    assert await stream.__anext__() == "two "
+    assert loop.time() - started >= 0.015
+    await stream.aclose()
+    assert finish.reason is None  # never finished: no end marker, no usage
+    assert finish.usage is None
+
+
+async def test_cancelling_a_slow_stream() -> None:
+    got_first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in MockAdapter(delay_s=0.05).stream(chat("a b c d e f"), Finish()):
+            got_first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_first.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
