@@ -110,16 +110,33 @@ class Availability:
     async def probe(self, adapter: Adapter) -> None:
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(adapter.probe(), self._probe_timeout)
-        except asyncio.TimeoutError:
+            result = await self._bounded_probe(adapter)
+        except Exception as exc:  # a broken probe must not end the probe loop
+            log.exception("probe_failed", adapter=adapter.id)
+            result = ProbeResult(False, f"probe failed: {exc}")
+        if result is None:
             if self._states[adapter.id].streaming:
                 # Its GPU is busy answering someone: slow, not dead (design §4).
                 return
             result = ProbeResult(False, "probe timed out")
-        except Exception as exc:  # a broken probe must not end the probe loop
-            log.exception("probe_failed", adapter=adapter.id)
-            result = ProbeResult(False, f"probe failed: {exc}")
         self._set(adapter, result, latency_ms=round((time.perf_counter() - started) * 1000))
+
+    async def _bounded_probe(self, adapter: Adapter) -> ProbeResult | None:
+        """`adapter.probe()` within the probe timeout; None when it timed out.
+
+        Not `asyncio.wait_for`: before Python 3.12 it swallows a cancellation that lands
+        just as the probe completes, and the probe loop would then outlive shutdown.
+        """
+        probe = asyncio.create_task(adapter.probe())
+        try:
+            done, _ = await asyncio.wait((probe,), timeout=self._probe_timeout)
+        finally:
+            if not probe.done():  # timed out, or we were cancelled: so is the probe
+                probe.cancel()
+                await asyncio.wait((probe,))
+            if not probe.cancelled():
+                probe.exception()  # mark it retrieved; `result()` below still raises it
+        return probe.result() if done else None
 
     def _set(self, adapter: Adapter, result: ProbeResult, latency_ms: int | None) -> None:
         state = self._states[adapter.id]

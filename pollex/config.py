@@ -212,9 +212,17 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if kind is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of provider names, not {value!r}")
+        unknown = [p for p in value if p not in PROVIDERS]
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
+            )
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
+    choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+    if choices and value not in choices:
+        raise ConfigError(f"{where} must be {' or '.join(choices)}, not {value!r}")
     return value
 
 
@@ -226,19 +234,16 @@ def _read_api_key_file(values: dict[str, Any]) -> dict[str, Any]:
         key = Path(key_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"api_key_file: cannot read {key_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"api_key_file: {key_file} is not UTF-8 text") from None
     if not key:
         raise ConfigError(f"api_key_file: {key_file} is empty")
     return {**values, "api_key": key}
 
 
 def _validated(config: Config) -> Config:
-    unknown = [p for p in config.fallback if p not in PROVIDERS]
-    if unknown:
-        raise ConfigError(
-            f"fallback: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
-        )
-    if config.log_format not in ("json", "console"):
-        raise ConfigError(f"log_format must be json or console, not {config.log_format!r}")
+    # Providers in `fallback` and `log_format`'s choices are checked by `_coerce`, where
+    # the source of the value is still known.
     if config.log_level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
     if not 0 <= config.port <= 65535:

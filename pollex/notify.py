@@ -31,6 +31,10 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
     source = os.environ if env is None else env
     usec = source.get("WATCHDOG_USEC", "")
     pid = source.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+    # Like sd_watchdog_enabled(): only a positive decimal number turns the watchdog on
+    # (0 would make the ping loop spin; "²".isdigit() is True but int() rejects it).
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
         return None
     return int(usec) / 2 / 1_000_000
