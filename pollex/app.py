@@ -10,12 +10,21 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pollex import views
 from pollex.availability import Availability
 from pollex.backends import open_backends
 from pollex.config import Config
 from pollex.guard import SlidingWindowLimiter
-from pollex.keys import AVAILABILITY, BACKENDS, CONFIG, LIMITER, METRICS, ROUTER, SYSTEM_PROMPT
+from pollex.inflight import InFlight
+from pollex.keys import (
+    AVAILABILITY,
+    BACKENDS,
+    CONFIG,
+    IN_FLIGHT,
+    LIMITER,
+    METRICS,
+    ROUTER,
+    SYSTEM_PROMPT,
+)
 from pollex.metrics import Metrics
 from pollex.middleware import add_common_headers, guard, request_context
 from pollex.router import Backends, Router
@@ -34,6 +43,7 @@ def create_app(config: Config, backends: Backends | None = None) -> web.Applicat
     )
     app[CONFIG] = config
     app[LIMITER] = SlidingWindowLimiter(config.rate_limit_per_minute)
+    app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app[SYSTEM_PROMPT] = load_prompt(config.prompt_path)
     app.cleanup_ctx.append(_backends(backends))

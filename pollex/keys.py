@@ -9,6 +9,7 @@ from aiohttp import web
 from pollex.availability import Availability
 from pollex.config import Config
 from pollex.guard import SlidingWindowLimiter
+from pollex.inflight import InFlight
 from pollex.metrics import Metrics
 from pollex.router import Backends, Router
 
@@ -19,6 +20,7 @@ BACKENDS = web.AppKey("backends", Backends)
 AVAILABILITY = web.AppKey("availability", Availability)
 ROUTER = web.AppKey("router", Router)
 LIMITER = web.AppKey("limiter", SlidingWindowLimiter)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 # Per request: the request id, and fields the access log line adds (model, outcome, ...).
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -22,7 +22,7 @@ from pollex.errors import (
     UpstreamError,
 )
 from pollex.metrics import Metrics
-from pollex.watchdog import Watchdog
+from pollex.watchdog import SHUTDOWN, TOTAL, Watchdog
 
 
 class UnknownModel(PollexError):
@@ -31,6 +31,13 @@ class UnknownModel(PollexError):
 
 class RequestTimeout(PollexError):
     status = 504
+
+
+class ServerShuttingDown(PollexError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("server shutting down")
 
 
 class Sink(Protocol):
@@ -147,8 +154,10 @@ class Router:
             reason = watchdog.take_expiry()
             if reason is None:
                 raise
-            if reason == "total":
+            if reason == TOTAL:
                 raise RequestTimeout("request timeout") from None
+            if reason == SHUTDOWN:
+                raise ServerShuttingDown() from None
             error = self._timeout_error(adapter, reason)
             self._failed(adapter, error)
             raise (StreamBroken(error) if parts else error) from None

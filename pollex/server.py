@@ -12,9 +12,13 @@ from aiohttp import web
 from pollex import __version__
 from pollex.app import create_app
 from pollex.config import Config
+from pollex.keys import IN_FLIGHT
 from pollex.notify import notify, watchdog_interval
 
 log = structlog.get_logger("pollex.server")
+
+# After the grace time, how long ended requests get to write their last event.
+SETTLE_S = 2.0
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -25,24 +29,27 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     # handler_cancellation: a client that goes away cancels its handler, and with it
     # the upstream request, so the GPU stops working for nobody.
+    app = create_app(config)
     runner = web.AppRunner(
-        create_app(config),
+        app,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=config.shutdown_grace_s,
+        shutdown_timeout=SETTLE_S,
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, config.host, config.port, shutdown_timeout=config.shutdown_grace_s
-        )
+        site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         log.info("listening", host=config.host, port=config.port, version=__version__)
         notify("READY=1")
         pinger = _start_watchdog_pings()
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping", in_flight=len(app[IN_FLIGHT]))
         notify("STOPPING=1")
+        await site.stop()
+        ended = await app[IN_FLIGHT].drain(config.shutdown_grace_s, SETTLE_S)
+        if ended:
+            log.warning("ended_at_shutdown", requests=ended)
         if pinger is not None:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from pollex.keys import (
     AVAILABILITY,
     BACKENDS,
     CONFIG,
+    IN_FLIGHT,
     LOG_FIELDS,
     METRICS,
     REQUEST_ID,
@@ -152,7 +153,8 @@ async def _polish_json(
     sink = _Collector(started)
     watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.request_timeout_s)
     try:
-        served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+        with app[IN_FLIGHT].track(watchdog):
+            served = await app[ROUTER].serve(plan, chat, sink, watchdog)
     except PollexError as exc:
         _log_failure(request, exc)
         return error_response(request, exc.status, exc.message)
@@ -183,7 +185,8 @@ async def _polish_sse(
     watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.stream_timeout_s)
     try:
         try:
-            served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+            with app[IN_FLIGHT].track(watchdog):
+                served = await app[ROUTER].serve(plan, chat, sink, watchdog)
         except PollexError as exc:
             _log_failure(request, exc)
             message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message

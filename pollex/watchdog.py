@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
+SHUTDOWN = "shutdown"
+TOTAL = "total"
+
 
 class Watchdog:
     def __init__(self, *, idle_s: float, total_s: float) -> None:
@@ -25,6 +28,7 @@ class Watchdog:
         self.last_progress: float | None = None
         self._expired: str | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._finished = False
 
     def begin_attempt(self, first_token_s: float) -> None:
         """A new upstream is asked: it gets its own first-token budget."""
@@ -34,13 +38,28 @@ class Watchdog:
         self._arm()
 
     def progress(self) -> None:
+        first = self.last_progress is None
         self.last_progress = self._loop.time()
+        if first and self._handle is not None:
+            # The timer waits for the first-token deadline, and the idle deadline may come
+            # before it: re-arm once per attempt. Later chunks only push the deadline out,
+            # which the lazy re-arm in `_fire` handles.
+            self._arm()
 
     def abort(self, reason: str) -> None:
         """Stop waiting now (the adapter was found down while we waited on it)."""
         self._expire(f"abandoned: {reason}")
 
+    def shutdown(self) -> None:
+        """End the request now: the server is stopping and its grace time is over."""
+        self._expire(SHUTDOWN)
+
     def stop(self) -> None:
+        """The request is over: nothing may fire any more."""
+        self._finished = True
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -64,11 +83,11 @@ class Watchdog:
         else:
             limit, why = self.last_progress + self._idle, "idle"
         if self._total_deadline <= limit:
-            return self._total_deadline, "total"
+            return self._total_deadline, TOTAL
         return limit, why
 
     def _arm(self) -> None:
-        self.stop()
+        self._cancel_timer()
         when, _ = self._deadline()
         self._handle = self._loop.call_at(when, self._fire)
 
@@ -81,7 +100,7 @@ class Watchdog:
             self._expire(why)
 
     def _expire(self, why: str) -> None:
-        if self._expired is None:
+        if self._expired is None and not self._finished:
             self._expired = why
-            self.stop()
+            self._cancel_timer()
             self._task.cancel()
