@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import httpx
 import httpx_sse
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aioresponses import aioresponses
+from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,6 +43,27 @@ FAST = {
 
 def fast_config(**overrides: Any) -> Config:
     return dataclasses.replace(Config(), **{**FAST, **overrides})
+
+
+class _Response(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 predates aiohttp 3.14's required `stream_writer` argument."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+class _Mocked(aioresponses):
+    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _Response)
+        super().add(url, method, *args, **kwargs)
+
+
+@pytest.fixture
+def mock() -> Iterator[aioresponses]:
+    """aioresponses patches every ClientSession: only the adapter unit tests ask for it."""
+    with _Mocked() as mocked:
+        yield mocked
 
 
 @dataclasses.dataclass

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from types import SimpleNamespace
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -36,27 +35,6 @@ CAPTURED_USAGE = Usage(52, 11, 85.65)  # cache_n 47 + prompt_n 5; predicted_n; p
 WIRE = wire_chunks("chat-stream.wire.http")  # role+"i", " goes", …, finish, [DONE]
 SSE = {"Content-Type": "text/event-stream"}
 OOM = "llama-server: llama_decode failed: out of memory"
-
-
-class Response(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 predates aiohttp 3.14's required `stream_writer` argument."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-class Mocked(aioresponses):
-    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("response_class", Response)
-        super().add(url, method, *args, **kwargs)
-
-
-@pytest.fixture
-def mock() -> Iterator[aioresponses]:
-    """aioresponses patches every ClientSession: only the unit tests ask for it."""
-    with Mocked() as mocked:
-        yield mocked
 
 
 @pytest.fixture

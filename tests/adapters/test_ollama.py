@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,27 +27,6 @@ CHAT = ChatRequest.polish(TEXT, SYSTEM, 64)
 # The fake's final object: prompt_eval_count 26, eval_count 7 in 1.75 s.
 FAKE_FINISH = Finish("stop", Usage(26, len(WORDS), 4.0))
 NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-class Response(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 predates aiohttp 3.14's required `stream_writer` argument."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-class Mocked(aioresponses):
-    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("response_class", Response)
-        super().add(url, method, *args, **kwargs)
-
-
-@pytest.fixture
-def mock() -> Iterator[aioresponses]:
-    """aioresponses patches every ClientSession: only the unit tests ask for it."""
-    with Mocked() as mocked:
-        yield mocked
 
 
 @pytest.fixture
