@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from pollex import openai_api, views
 from pollex.availability import Availability
 from pollex.backends import open_backends
 from pollex.config import Config
@@ -54,6 +55,7 @@ def create_app(config: Config, backends: Backends | None = None) -> web.Applicat
     app.router.add_get("/api/health", views.health)
     app.router.add_get("/health", views.health)
     app.router.add_get("/metrics", views.metrics)
+    openai_api.add_routes(app)
     return app
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pollex import __version__
+from pollex import __version__, polish_client
 from pollex.config import NO_BACKEND_MESSAGE, Config, ConfigError, load_config
 
 EXIT_USAGE = 2
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the merged settings, secrets redacted")
     _add_settings_flags(show)
+
+    polish = commands.add_parser("polish", help="polish FILE or stdin with a running pollex")
+    polish_client.add_arguments(polish)
     return parser
 
 
@@ -44,6 +47,8 @@ def _settings(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "polish":
+        return polish_client.run(args)
     try:
         config = _settings(args)
     except ConfigError as exc:

@@ -8,7 +8,6 @@ and is spelled `: ping`, which Continue's parser mistakes for the end of a messa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -55,13 +54,34 @@ class EventStream:
         self._last_write = self._loop.time()
         await self.response.write(raw)
 
-    async def close(self) -> None:
-        """Stop the keep-alive and end the body; a client already gone is not an error."""
+    async def finish(self, last: bytes, timeout_s: float) -> None:
+        """Send the last event and end the body; cut off a client that cannot take it.
+
+        Bounded because a client that stopped reading (but keeps its socket open) would
+        otherwise hold this handler, and everything it references, for ever. A client whose
+        socket buffer is already full is cut off at once: it has not read what it was sent,
+        and aiohttp cannot wait on that buffer again after an earlier wait was cancelled.
+        """
+        self.stop_keepalive()
+        transport = self._request.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            transport.abort()
+            return
+        try:
+            await asyncio.wait_for(self._finish(last), timeout_s)
+        except asyncio.TimeoutError:
+            transport.abort()
+
+    async def _finish(self, last: bytes) -> None:
+        await self.write(last)
+        await self.response.write_eof()
+
+    def stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        with contextlib.suppress(ConnectionError):
-            await self.response.write_eof()
 
     async def _keep_alive(self) -> None:
         while True:

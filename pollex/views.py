@@ -27,7 +27,7 @@ from pollex.keys import (
     SYSTEM_PROMPT,
 )
 from pollex.router import Plan, RequestTimeout, Served
-from pollex.sse import EventStream, dumps
+from pollex.sse import EventStream, dumps, encode
 from pollex.watchdog import Watchdog
 
 DELTA_PREFIX = b'event: delta\ndata: {"text":'
@@ -183,6 +183,8 @@ async def _polish_sse(
     in_flight.inc()
     sink = _EventSink(started, stream, request[REQUEST_ID])
     watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.stream_timeout_s)
+    # A client that cannot take the last few hundred bytes in this long is gone.
+    last_write_s = config.idle_timeout_s
     try:
         try:
             with app[IN_FLIGHT].track(watchdog):
@@ -190,21 +192,11 @@ async def _polish_sse(
         except PollexError as exc:
             _log_failure(request, exc)
             message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
-            await stream.send("error", {"error": message, "status": exc.status})
+            error = encode("error", {"error": message, "status": exc.status})
+            await stream.finish(error, last_write_s)
         else:
-            elapsed_ms = _record_success(request, served, sink, started)
-            done: dict[str, Any] = {
-                "polished": served.text.strip(),
-                "model": served.adapter.id,
-                "provider": served.adapter.provider,
-                "elapsed_ms": elapsed_ms,
-                "ttft_ms": sink.ttft_ms,
-                "fallback_from": served.fallback_from,
-                "finish_reason": served.finish.reason,
-            }
-            if served.finish.usage is not None:
-                done["usage"] = served.finish.usage.as_dict()
-            await stream.send("done", done)
+            done = _done_event(served, sink, _record_success(request, served, sink, started))
+            await stream.finish(encode("done", done), last_write_s)
     except asyncio.CancelledError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
         raise
@@ -213,8 +205,23 @@ async def _polish_sse(
     finally:
         watchdog.stop()
         in_flight.dec()
-        await stream.close()
+        stream.stop_keepalive()
     return stream.response
+
+
+def _done_event(served: Served, sink: _Timed, elapsed_ms: int) -> dict[str, Any]:
+    done: dict[str, Any] = {
+        "polished": served.text.strip(),
+        "model": served.adapter.id,
+        "provider": served.adapter.provider,
+        "elapsed_ms": elapsed_ms,
+        "ttft_ms": sink.ttft_ms,
+        "fallback_from": served.fallback_from,
+        "finish_reason": served.finish.reason,
+    }
+    if served.finish.usage is not None:
+        done["usage"] = served.finish.usage.as_dict()
+    return done
 
 
 def _record_success(request: web.Request, served: Served, sink: _Timed, started: float) -> int:
