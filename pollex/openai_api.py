@@ -49,11 +49,11 @@ from pollex.sse import EventStream, dumps, encode
 # The /api/polish handler's timing, metrics and log fields, so both APIs record alike.
 from pollex.views import (
     BadRequest,
-    _Collector,
-    _log_failure,
-    _record_success,
-    _Timed,
+    Collector,
+    TimedSink,
+    log_failure,
     read_json_body,
+    record_success,
 )
 from pollex.watchdog import Watchdog
 
@@ -294,17 +294,17 @@ async def _complete(
 ) -> web.Response:
     app = request.app
     config = app[CONFIG]
-    sink = _Collector(started)
+    sink = Collector(started)
     watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.request_timeout_s)
     try:
         with app[IN_FLIGHT].track(watchdog):
             served = await app[ROUTER].serve(plan, chat, sink, watchdog)
     except PollexError as exc:
-        _log_failure(request, exc)
+        log_failure(request, exc)
         return _error(request, exc)
     finally:
         watchdog.stop()
-    _record_success(request, served, sink, started)
+    record_success(request, served, sink, started)
     body: dict[str, Any] = {
         "id": completion_id(request),
         "object": "chat.completion",
@@ -371,7 +371,7 @@ class DeferredStream:
             self.events.stop_keepalive()
 
 
-class _ChunkSink(_Timed):
+class _ChunkSink(TimedSink):
     def __init__(self, started: float, stream: DeferredStream, request: web.Request) -> None:
         super().__init__(started)
         self._stream = stream
@@ -405,13 +405,13 @@ async def _stream(
                 served = await app[ROUTER].serve(plan, chat, sink, watchdog)
         except PollexError as exc:
             watchdog.stop()
-            _log_failure(request, exc)
+            log_failure(request, exc)
             if not stream.opened:
                 return _error(request, exc)
             await stream.write_last(_stream_error(exc), config.idle_timeout_s)
         else:
             watchdog.stop()
-            _record_success(request, served, sink, started)
+            record_success(request, served, sink, started)
             await stream.write_last(_tail(sink, served, include_usage), config.idle_timeout_s)
     except asyncio.CancelledError:
         request[LOG_FIELDS]["outcome"] = "client_gone"

@@ -26,6 +26,23 @@ class MalformedLine(ValueError):
     pass
 
 
+class _Deferred:
+    """A failure found after some good items of the same chunk is raised on the next call,
+    so the items before it still reach the client."""
+
+    _failure: ValueError | None = None
+
+    def _fail(self, failure: ValueError, items: list[Any]) -> None:
+        if not items:
+            raise failure
+        self._failure = failure
+
+    def _raise_pending(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     event: str
@@ -33,7 +50,7 @@ class SSEEvent:
     id: str
 
 
-class SSEDecoder:
+class SSEDecoder(_Deferred):
     """Turns SSE bytes into events.
 
     With `error_field=True` a line `error: {...}` (llama-server b5050's non-standard way of
@@ -50,24 +67,28 @@ class SSEDecoder:
         self._error_field = error_field
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._raise_pending()
         text = self._pending + self._decoder.decode(chunk)
         lines = _LINE_END.split(text)
         tail = lines.pop()
         if tail == "" and text.endswith("\r"):
             # A CR at the end of a chunk may be the first half of a CRLF: keep it back.
             tail = lines.pop() + "\r"
-        if len(tail) > self._max_line:
-            raise LineTooLong(f"upstream line longer than {self._max_line} bytes")
-        self._pending = tail
         events: list[SSEEvent] = []
         for line in lines:
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        if len(tail) > self._max_line:
+            self._pending = ""
+            self._fail(LineTooLong(f"upstream line longer than {self._max_line} bytes"), events)
+        else:
+            self._pending = tail
         return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a held CR ends its line; an event without its blank line is dropped."""
+        self._raise_pending()
         events: list[SSEEvent] = []
         if self._pending.endswith("\r"):
             event = self._line(self._pending[:-1])
@@ -106,7 +127,7 @@ class SSEDecoder:
         return event
 
 
-class NDJSONDecoder:
+class NDJSONDecoder(_Deferred):
     """Turns newline-delimited JSON bytes into objects (Ollama's stream format)."""
 
     def __init__(self, max_line_bytes: int = 1 << 20) -> None:
@@ -114,14 +135,25 @@ class NDJSONDecoder:
         self._max_line = max_line_bytes
 
     def feed(self, chunk: bytes) -> list[Any]:
+        self._raise_pending()
         lines = (self._buffer + chunk).split(b"\n")
         self._buffer = lines.pop()
+        objects: list[Any] = []
+        for line in lines:
+            if line.strip():
+                try:
+                    objects.append(_json_line(line))
+                except MalformedLine as failure:
+                    self._fail(failure, objects)
+                    return objects
         if len(self._buffer) > self._max_line:
-            raise LineTooLong(f"upstream line longer than {self._max_line} bytes")
-        return [_json_line(line) for line in lines if line.strip()]
+            self._buffer = b""
+            self._fail(LineTooLong(f"upstream line longer than {self._max_line} bytes"), objects)
+        return objects
 
     def close(self) -> list[Any]:
         """End of stream: a last line without its newline must still be a whole document."""
+        self._raise_pending()
         rest, self._buffer = self._buffer, b""
         return [_json_line(rest)] if rest.strip() else []
 

@@ -84,7 +84,7 @@ async def read_json_body(request: web.Request) -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
-class _Timed:
+class TimedSink:
     """Records when the first chunk of the answer went out."""
 
     def __init__(self, started: float) -> None:
@@ -99,7 +99,7 @@ class _Timed:
         return None if self.first_at is None else round((self.first_at - self.started) * 1000)
 
 
-class _Collector(_Timed):
+class Collector(TimedSink):
     async def start(self, adapter: Adapter, fallback_from: str | None) -> None:
         self.mark_first()
 
@@ -107,7 +107,7 @@ class _Collector(_Timed):
         return None
 
 
-class _EventSink(_Timed):
+class _EventSink(TimedSink):
     def __init__(self, started: float, stream: EventStream, request_id: str) -> None:
         super().__init__(started)
         self._stream = stream
@@ -150,17 +150,17 @@ async def _polish_json(
 ) -> web.Response:
     app = request.app
     config = app[CONFIG]
-    sink = _Collector(started)
+    sink = Collector(started)
     watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.request_timeout_s)
     try:
         with app[IN_FLIGHT].track(watchdog):
             served = await app[ROUTER].serve(plan, chat, sink, watchdog)
     except PollexError as exc:
-        _log_failure(request, exc)
+        log_failure(request, exc)
         return error_response(request, exc.status, exc.message)
     finally:
         watchdog.stop()
-    elapsed_ms = _record_success(request, served, sink, started)
+    elapsed_ms = record_success(request, served, sink, started)
     return web.json_response(
         {
             "polished": served.text.strip(),
@@ -190,12 +190,12 @@ async def _polish_sse(
             with app[IN_FLIGHT].track(watchdog):
                 served = await app[ROUTER].serve(plan, chat, sink, watchdog)
         except PollexError as exc:
-            _log_failure(request, exc)
+            log_failure(request, exc)
             message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
             error = encode("error", {"error": message, "status": exc.status})
             await stream.finish(error, last_write_s)
         else:
-            done = _done_event(served, sink, _record_success(request, served, sink, started))
+            done = _done_event(served, sink, record_success(request, served, sink, started))
             await stream.finish(encode("done", done), last_write_s)
     except asyncio.CancelledError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
@@ -209,7 +209,7 @@ async def _polish_sse(
     return stream.response
 
 
-def _done_event(served: Served, sink: _Timed, elapsed_ms: int) -> dict[str, Any]:
+def _done_event(served: Served, sink: TimedSink, elapsed_ms: int) -> dict[str, Any]:
     done: dict[str, Any] = {
         "polished": served.text.strip(),
         "model": served.adapter.id,
@@ -224,7 +224,7 @@ def _done_event(served: Served, sink: _Timed, elapsed_ms: int) -> dict[str, Any]
     return done
 
 
-def _record_success(request: web.Request, served: Served, sink: _Timed, started: float) -> int:
+def record_success(request: web.Request, served: Served, sink: TimedSink, started: float) -> int:
     elapsed = time.perf_counter() - started
     model = served.adapter.id
     metrics = request.app[METRICS]
@@ -242,7 +242,7 @@ def _record_success(request: web.Request, served: Served, sink: _Timed, started:
     return round(elapsed * 1000)
 
 
-def _log_failure(request: web.Request, exc: PollexError) -> None:
+def log_failure(request: web.Request, exc: PollexError) -> None:
     outcome = "timeout" if exc.status == 504 else "no_backend" if exc.status == 503 else None
     request[LOG_FIELDS].update(outcome=outcome or "upstream_error", error=exc.message)
 

@@ -269,7 +269,7 @@ async def test_complete_answer_too_large(
     ("body", "before", "message"),
     [
         pytest.param(b"<html>proxy error</html>", [], "not JSON", id="html"),
-        pytest.param(line("I") + b"not json\n" + final(), [], "not JSON", id="garbage-line"),
+        pytest.param(line("I") + b"not json\n" + final(), ["I"], "not JSON", id="garbage-line"),
         pytest.param(line("I") + b"[1]\n" + final(), ["I"], "not an object", id="json-list"),
         pytest.param(line("I") + line(" went"), ["I", " went"], "ended before done", id="no-done"),
         pytest.param(

@@ -1,0 +1,76 @@
+"""Graceful shutdown of `pollex.server.serve`: finish what runs, end what overstays, exit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import fast_config
+from fakes import closed_port_url
+
+from pollex.server import serve
+
+
+async def _start(**settings: Any) -> tuple[asyncio.Event, asyncio.Task[None], str]:
+    url = closed_port_url()
+    port = int(url.rsplit(":", 1)[1])
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(fast_config(port=port, **settings), stop))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/health"):
+                    return stop, task, url
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.01)
+    raise AssertionError("pollex did not start")
+
+
+async def _stream_until_first_delta(session: aiohttp.ClientSession, url: str) -> Any:
+    resp = await session.post(f"{url}/api/polish", json={"text": "x", "stream": True})
+    received = b""
+    while b"event: delta" not in received:
+        received += await resp.content.readany()
+    return resp, received
+
+
+async def test_running_stream_finishes_within_grace(llama: Any) -> None:
+    llama.fake.gate = asyncio.Event()
+    stop, server, url = await _start(llamacpp_url=llama.url, shutdown_grace_s=5)
+    async with aiohttp.ClientSession() as session:
+        resp, received = await _stream_until_first_delta(session, url)
+
+        stop.set()
+        await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
+            async with aiohttp.ClientSession() as other, other.get(f"{url}/health"):
+                pass
+        llama.fake.gate.set()
+        received += await resp.read()
+
+    await asyncio.wait_for(server, 5)
+    assert b"event: done" in received
+
+
+async def test_stream_over_grace_ends_with_shutting_down(llama: Any) -> None:
+    llama.fake.gate = asyncio.Event()
+    stop, server, url = await _start(llamacpp_url=llama.url, shutdown_grace_s=0.2)
+    async with aiohttp.ClientSession() as session:
+        resp, received = await _stream_until_first_delta(session, url)
+        json_request = asyncio.create_task(session.post(f"{url}/api/polish", json={"text": "y"}))
+        await asyncio.sleep(0.05)
+
+        stop.set()
+        received += await asyncio.wait_for(resp.read(), 5)
+        json_resp = await asyncio.wait_for(json_request, 5)
+
+        assert json_resp.status == 503
+        assert await json_resp.json() == {"error": "server shutting down"}
+
+    await asyncio.wait_for(server, 5)  # serve() returns: the process exits 0
+    assert received.endswith(
+        b'event: error\ndata: {"error":"server shutting down","status":503}\n\n'
+    )
+    assert llama.fake.cancelled.is_set()  # and the upstream was told
