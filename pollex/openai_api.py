@@ -36,7 +36,6 @@ from pollex.http_errors import error_response
 from pollex.keys import (
     BACKENDS,
     CONFIG,
-    IN_FLIGHT,
     LOG_FIELDS,
     METRICS,
     REQUEST_ID,
@@ -54,8 +53,8 @@ from pollex.views import (
     log_failure,
     read_json_body,
     record_success,
+    serve_guarded,
 )
-from pollex.watchdog import Watchdog
 
 POLISH_MODELS = frozenset({"pollex", "pollex:polish"})
 CHAT_MODEL = "pollex:chat"
@@ -295,15 +294,11 @@ async def _complete(
     app = request.app
     config = app[CONFIG]
     sink = Collector(started)
-    watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.request_timeout_s)
     try:
-        with app[IN_FLIGHT].track(watchdog):
-            served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+        served = await serve_guarded(request, plan, chat, sink, config.request_timeout_s)
     except PollexError as exc:
         log_failure(request, exc)
         return _error(request, exc)
-    finally:
-        watchdog.stop()
     record_success(request, served, sink, started)
     body: dict[str, Any] = {
         "id": completion_id(request),
@@ -398,19 +393,15 @@ async def _stream(
     sink = _ChunkSink(started, stream, request)
     in_flight = app[METRICS].streams_in_flight
     in_flight.inc()
-    watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.stream_timeout_s)
     try:
         try:
-            with app[IN_FLIGHT].track(watchdog):
-                served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+            served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
         except PollexError as exc:
-            watchdog.stop()
             log_failure(request, exc)
             if not stream.opened:
                 return _error(request, exc)
             await stream.write_last(_stream_error(exc), config.idle_timeout_s)
         else:
-            watchdog.stop()
             record_success(request, served, sink, started)
             await stream.write_last(_tail(sink, served, include_usage), config.idle_timeout_s)
     except asyncio.CancelledError:
@@ -419,7 +410,6 @@ async def _stream(
     except ConnectionError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
     finally:
-        watchdog.stop()
         in_flight.dec()
         stream.close()
     return stream.response

@@ -26,7 +26,7 @@ from pollex.keys import (
     ROUTER,
     SYSTEM_PROMPT,
 )
-from pollex.router import Plan, RequestTimeout, Served
+from pollex.router import Plan, RequestTimeout, Served, Sink
 from pollex.sse import EventStream, dumps, encode
 from pollex.watchdog import Watchdog
 
@@ -145,21 +145,30 @@ async def polish(request: web.Request) -> web.StreamResponse:
     return await _polish_json(request, plan, chat, started)
 
 
+async def serve_guarded(
+    request: web.Request, plan: Plan, chat: ChatRequest, sink: Sink, total_s: float
+) -> Served:
+    """`Router.serve` under the request's time limits, known to graceful shutdown."""
+    app = request.app
+    watchdog = Watchdog(idle_s=app[CONFIG].idle_timeout_s, total_s=total_s)
+    try:
+        with app[IN_FLIGHT].track(watchdog):
+            return await app[ROUTER].serve(plan, chat, sink, watchdog)
+    finally:
+        watchdog.stop()
+
+
 async def _polish_json(
     request: web.Request, plan: Plan, chat: ChatRequest, started: float
 ) -> web.Response:
     app = request.app
     config = app[CONFIG]
     sink = Collector(started)
-    watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.request_timeout_s)
     try:
-        with app[IN_FLIGHT].track(watchdog):
-            served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+        served = await serve_guarded(request, plan, chat, sink, config.request_timeout_s)
     except PollexError as exc:
         log_failure(request, exc)
         return error_response(request, exc.status, exc.message)
-    finally:
-        watchdog.stop()
     elapsed_ms = record_success(request, served, sink, started)
     return web.json_response(
         {
@@ -182,13 +191,11 @@ async def _polish_sse(
     in_flight = app[METRICS].streams_in_flight
     in_flight.inc()
     sink = _EventSink(started, stream, request[REQUEST_ID])
-    watchdog = Watchdog(idle_s=config.idle_timeout_s, total_s=config.stream_timeout_s)
     # A client that cannot take the last few hundred bytes in this long is gone.
     last_write_s = config.idle_timeout_s
     try:
         try:
-            with app[IN_FLIGHT].track(watchdog):
-                served = await app[ROUTER].serve(plan, chat, sink, watchdog)
+            served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
         except PollexError as exc:
             log_failure(request, exc)
             message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
@@ -203,7 +210,6 @@ async def _polish_sse(
     except ConnectionError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
     finally:
-        watchdog.stop()
         in_flight.dec()
         stream.stop_keepalive()
     return stream.response
