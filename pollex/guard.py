@@ -38,8 +38,14 @@ def presented_key(request: web.BaseRequest) -> str | None:
 
 
 def key_is_valid(presented: str, expected: str) -> bool:
-    """Constant-time comparison, so response timing says nothing about the key."""
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    """Constant-time comparison, so response timing says nothing about the key.
+
+    Header values that are not UTF-8 arrive with surrogate escapes; they compare unequal
+    instead of failing to encode.
+    """
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def client_ip(request: web.BaseRequest, trust_proxy_headers: bool) -> str:

@@ -80,7 +80,7 @@ async def read_json_body(request: web.Request) -> Any:
         return json.loads(raw)
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
 
 
