@@ -21,8 +21,8 @@ HEADERS = {
 }
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+# Built once: json.dumps with keyword arguments builds a new encoder on every call.
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def encode(event: str | None, data: Any) -> bytes:
@@ -75,8 +75,8 @@ class EventStream:
             transport.abort()
 
     async def _finish(self, last: bytes) -> None:
-        await self.write(last)
-        await self.response.write_eof()
+        self._last_write = self._loop.time()
+        await self.response.write_eof(last)
 
     def stop_keepalive(self) -> None:
         if self._keepalive is not None:

@@ -112,10 +112,12 @@ class _EventSink(TimedSink):
         super().__init__(started)
         self._stream = stream
         self._request_id = request_id
+        self._pending = b""
 
     async def start(self, adapter: Adapter, fallback_from: str | None) -> None:
+        """Held back and sent with the first delta: one write to the socket, not two."""
         self.mark_first()
-        await self._stream.send(
+        self._pending = encode(
             "start",
             {
                 "request_id": self._request_id,
@@ -126,7 +128,10 @@ class _EventSink(TimedSink):
         )
 
     async def text(self, chunk: str) -> None:
-        await self._stream.write(DELTA_PREFIX + dumps(chunk).encode() + DELTA_SUFFIX)
+        delta = DELTA_PREFIX + dumps(chunk).encode() + DELTA_SUFFIX
+        if self._pending:
+            delta, self._pending = self._pending + delta, b""
+        await self._stream.write(delta)
 
 
 async def polish(request: web.Request) -> web.StreamResponse:
