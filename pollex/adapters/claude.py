@@ -10,6 +10,7 @@ import aiohttp
 
 from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
 from pollex.adapters.http import (
+    HttpAdapter,
     parse_errors,
     post_json,
     read_error_body,
@@ -26,8 +27,9 @@ API_VERSION = "2023-06-01"
 _RETRYABLE = frozenset({408, 409, 429, 529})
 
 
-class ClaudeAdapter:
+class ClaudeAdapter(HttpAdapter):
     provider = "claude"
+    label = "Claude"
 
     def __init__(
         self,
@@ -36,16 +38,17 @@ class ClaudeAdapter:
         model: str,
         url: str = "https://api.anthropic.com",
         *,
-        first_token_timeout_s: float = 60.0,
+        first_token_timeout_s: float | None = None,
         max_line_bytes: int = 1 << 20,
     ) -> None:
-        self._session = session
+        super().__init__(
+            session,
+            url,
+            model,
+            first_token_timeout_s=first_token_timeout_s,
+            max_line_bytes=max_line_bytes,
+        )
         self._api_key = api_key
-        self._base = url.rstrip("/")
-        self.id = model
-        self.name = f"Claude ({model})"
-        self.first_token_timeout_s = first_token_timeout_s
-        self._max_line = max_line_bytes
         self._key_rejected = False
 
     async def probe(self) -> ProbeResult:

@@ -17,6 +17,34 @@ from pollex.parsing import LineTooLong, MalformedLine
 ERROR_BODY_LIMIT = 64 * 1024
 
 
+class HttpAdapter:
+    """What every HTTP adapter keeps: its one session, base URL, identity and limits.
+
+    Subclasses set `provider`, `label` (the name's prefix) and their defaults.
+    """
+
+    provider: str
+    label: str
+    default_model = ""
+    default_first_token_timeout_s = 60.0
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        model: str = "",
+        *,
+        first_token_timeout_s: float | None = None,
+        max_line_bytes: int = 1 << 20,
+    ) -> None:
+        self._session = session
+        self._base = url.rstrip("/")
+        self.id = model or self.default_model
+        self.name = f"{self.label} ({self.id})"
+        self.first_token_timeout_s = first_token_timeout_s or self.default_first_token_timeout_s
+        self._max_line = max_line_bytes
+
+
 def make_session(
     connect_timeout_s: float, headers: dict[str, str] | None = None
 ) -> aiohttp.ClientSession:

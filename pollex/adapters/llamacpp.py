@@ -16,6 +16,7 @@ import aiohttp
 
 from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
 from pollex.adapters.http import (
+    HttpAdapter,
     parse_errors,
     post_json,
     read_error_body,
@@ -29,24 +30,11 @@ from pollex.parsing import SSEDecoder, SSEEvent
 UPSTREAM = "llama-server"
 
 
-class LlamaCppAdapter:
+class LlamaCppAdapter(HttpAdapter):
     provider = "llamacpp"
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        model: str = "",
-        *,
-        first_token_timeout_s: float = 120.0,
-        max_line_bytes: int = 1 << 20,
-    ) -> None:
-        self._session = session
-        self._base = url.rstrip("/")
-        self.id = model or "llama.cpp"
-        self.name = f"llama.cpp ({self.id})"
-        self.first_token_timeout_s = first_token_timeout_s
-        self._max_line = max_line_bytes
+    label = "llama.cpp"
+    default_model = "llama.cpp"
+    default_first_token_timeout_s = 120.0
 
     async def probe(self) -> ProbeResult:
         try:

@@ -9,6 +9,7 @@ import aiohttp
 
 from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
 from pollex.adapters.http import (
+    HttpAdapter,
     parse_errors,
     post_json,
     read_error_body,
@@ -22,24 +23,10 @@ from pollex.parsing import NDJSONDecoder
 UPSTREAM = "ollama"
 
 
-class OllamaAdapter:
+class OllamaAdapter(HttpAdapter):
     provider = "ollama"
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        model: str = "qwen2.5:1.5b",
-        *,
-        first_token_timeout_s: float = 60.0,
-        max_line_bytes: int = 1 << 20,
-    ) -> None:
-        self._session = session
-        self._base = url.rstrip("/")
-        self.id = model
-        self.name = f"Ollama ({model})"
-        self.first_token_timeout_s = first_token_timeout_s
-        self._max_line = max_line_bytes
+    label = "Ollama"
+    default_model = "qwen2.5:1.5b"
 
     async def probe(self) -> ProbeResult:
         try:
@@ -61,24 +48,19 @@ class OllamaAdapter:
         body = self._body(chat, stream=True)
         async with streaming_post(self._session, url, body, UPSTREAM, _status_error) as resp:
             decoder = NDJSONDecoder(self._max_line)
-            async for chunk in resp.content.iter_any():
+            while True:
+                chunk = await resp.content.readany()
                 with parse_errors():
-                    objects = decoder.feed(chunk)
+                    # At EOF, close() still parses a last line that lacks its newline.
+                    objects = decoder.feed(chunk) if chunk else decoder.close()
                 for obj in objects:
                     text = _object_text(obj)
                     if text:
                         yield text
                     if _finished(obj, finish):
                         return
-            with parse_errors():
-                objects = decoder.close()
-            for obj in objects:
-                text = _object_text(obj)
-                if text:
-                    yield text
-                if _finished(obj, finish):
-                    return
-            raise UpstreamError(f"{UPSTREAM} stream ended before done", kind="protocol")
+                if not chunk:
+                    raise UpstreamError(f"{UPSTREAM} stream ended before done", kind="protocol")
 
     async def complete(self, chat: ChatRequest) -> Completion:
         url = f"{self._base}/api/chat"
