@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build llama.cpp's llama-server for the Jetson Nano 4GB (JetPack 4.6: Ubuntu 18.04
 # aarch64, CUDA 10.2, Maxwell GPU sm_53), install it to /usr/local/bin, download the
-# GGUF model and install llama-server.service.
+# GGUF model and install llama-server.service; lib.sh must be beside this script.
 #
 #   sudo ./build-llamacpp.sh [--force] [--dry-run]
 #   ./build-llamacpp.sh --patch-only DIR     apply + verify the patches to a llama.cpp tree
@@ -14,6 +14,8 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$SCRIPT_DIR/lib.sh"   # step say warn die quote run write_file file_sha256
 
 LLAMA_REPO="${LLAMA_REPO:-https://github.com/ggml-org/llama.cpp.git}"
 LLAMA_TAG="${LLAMA_TAG:-b5050}"
@@ -64,21 +66,6 @@ PATCH_ONLY=""
 RESTART_NEEDED=0
 CMAKE=cmake
 
-step() { printf '==> %s\n' "$*"; }
-say()  { printf '    %s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
-
-run() {
-    if [[ $DRY_RUN == 1 ]]; then
-        printf '[dry-run] %s\n' "$(quote "$@")"
-        return 0
-    fi
-    "$@"
-}
-
 # Long, noisy commands go to $LOG_FILE; on failure the tail is shown.
 run_logged() {
     if [[ $DRY_RUN == 1 ]]; then
@@ -90,21 +77,6 @@ run_logged() {
         tail -n 40 "$LOG_FILE" >&2 || true
         die "'$1' failed; full log: $LOG_FILE (see jetson/README.md, troubleshooting)"
     fi
-}
-
-# write_file DEST MODE < content: atomic replace (rename), so an interrupt never leaves half a file.
-write_file() {
-    local dest=$1 mode=$2 tmp
-    if [[ $DRY_RUN == 1 ]]; then
-        cat >/dev/null
-        printf '[dry-run] write %s (mode %s)\n' "$dest" "$mode"
-        return 0
-    fi
-    mkdir -p "$(dirname "$dest")"
-    tmp=$(mktemp "$dest.XXXXXX")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
-    mv -f "$tmp" "$dest"
 }
 
 version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" == "$2" ]]; }
@@ -545,7 +517,6 @@ model_expected_from_headers() {
 }
 
 file_size() { stat -c %s "$1"; }
-file_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 download_model() {
     step "model $MODEL_FILE in $MODEL_DIR"

@@ -3,7 +3,7 @@
 #
 #   JETSON_HOST=nano.local [JETSON_USER=me] jetson/deploy.sh COMMAND [ARGS]
 #
-#   build-llamacpp [--force]    copy build-llamacpp.sh + llama-server.service, run them (~90 min)
+#   build-llamacpp [--force]    copy build-llamacpp.sh, lib.sh and the unit, run it (~90 min)
 #   install [--jetson-clocks]   build a pollex wheel here, copy it with the installer, run it
 #   status                      systemctl is-active of both services, then /api/health
 #   logs [-f] [LINES]           journal of both services
@@ -14,6 +14,9 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$SCRIPT_DIR/lib.sh"   # step say warn die quote run write_file file_sha256
+
 REPO_ROOT="${REPO_ROOT:-$(cd "$SCRIPT_DIR/.." && pwd)}"
 JETSON_HOST="${JETSON_HOST:-}"
 JETSON_USER="${JETSON_USER:-$(id -un)}"
@@ -21,19 +24,6 @@ REMOTE_DIR="${REMOTE_DIR:-pollex-deploy}"        # relative to the remote user's
 HEALTH_URL="${HEALTH_URL:-http://127.0.0.1:8090/api/health}"
 PYTHON="${PYTHON:-python3}"
 DRY_RUN="${DRY_RUN:-0}"
-
-step() { printf '==> %s\n' "$*"; }
-die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
-
-run() {
-    if [[ $DRY_RUN == 1 ]]; then
-        printf '[dry-run] %s\n' "$(quote "$@")"
-        return 0
-    fi
-    "$@"
-}
 
 usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
@@ -63,7 +53,7 @@ copy_to_nano() {
 }
 
 cmd_build_llamacpp() {
-    copy_to_nano "$SCRIPT_DIR/build-llamacpp.sh" "$SCRIPT_DIR/llama-server.service"
+    copy_to_nano "$SCRIPT_DIR/build-llamacpp.sh" "$SCRIPT_DIR/lib.sh" "$SCRIPT_DIR/llama-server.service"
     step "build llama-server on $JETSON_HOST (~90 min the first time; log path printed below)"
     remote -t sudo bash "$REMOTE_DIR/build-llamacpp.sh" "$@"
 }
@@ -92,7 +82,7 @@ cmd_install() {
         shopt -u nullglob
         ((${#wheels[@]} == 1)) || die "expected one pollex wheel in $dist, found ${#wheels[@]}"
     fi
-    copy_to_nano "$SCRIPT_DIR/install-pollex.sh" "$SCRIPT_DIR/config.yaml" \
+    copy_to_nano "$SCRIPT_DIR/install-pollex.sh" "$SCRIPT_DIR/lib.sh" "$SCRIPT_DIR/config.yaml" \
         "$SCRIPT_DIR/pollex.service" "$SCRIPT_DIR/jetson-clocks.service" "${wheels[0]}"
     step "install pollex on $JETSON_HOST"
     remote -t sudo bash "$REMOTE_DIR/install-pollex.sh" "$@" "$REMOTE_DIR/${wheels[0]##*/}"

@@ -6,13 +6,15 @@
 #   sudo ./install-pollex.sh [--jetson-clocks] [--dry-run] PACKAGE
 #
 # PACKAGE is a pollex wheel or sdist copied to the Nano (deploy.sh install does this).
-# config.yaml, pollex.service and jetson-clocks.service are taken from beside this script.
+# lib.sh, config.yaml and the .service files are taken from beside this script.
 # Idempotent: re-running with the same package changes nothing. DRY_RUN=1 (or --dry-run)
 # prints the commands that would change the system; every path can be overridden from
 # the environment.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$SCRIPT_DIR/lib.sh"   # step say warn die quote run write_file file_sha256
 
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
 # uv's standalone binary, not `pip3 install --user uv`: JetPack's python3 is 3.6, PyPI's uv
@@ -43,38 +45,6 @@ trap '[[ -z $TMP_DIR ]] || rm -rf "$TMP_DIR"' EXIT
 
 export UV_PYTHON_INSTALL_DIR=$PYTHON_DIR
 export UV_PYTHON_PREFERENCE=only-managed
-
-step() { printf '==> %s\n' "$*"; }
-say()  { printf '    %s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
-
-run() {
-    if [[ $DRY_RUN == 1 ]]; then
-        printf '[dry-run] %s\n' "$(quote "$@")"
-        return 0
-    fi
-    "$@"
-}
-
-# write_file DEST MODE < content: atomic replace.
-write_file() {
-    local dest=$1 mode=$2 tmp
-    if [[ $DRY_RUN == 1 ]]; then
-        cat >/dev/null
-        printf '[dry-run] write %s (mode %s)\n' "$dest" "$mode"
-        return 0
-    fi
-    mkdir -p "$(dirname "$dest")"
-    tmp=$(mktemp "$dest.XXXXXX")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
-    mv -f "$tmp" "$dest"
-}
-
-file_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 JETSON = HERE.parents[1] / "jetson"
@@ -14,12 +17,21 @@ def deploy(sb, *args: str, **env: str):
     return sb.run(SCRIPT, *args, **{"JETSON_HOST": "nano.local", "JETSON_USER": "me", **env})
 
 
-def test_build_llamacpp_copies_the_script_and_unit_then_runs_it(sandbox) -> None:
+def copied(sb) -> list[Path]:
+    """The local files of the (one) scp call in the stub log."""
+    [scp] = [line for line in sb.log() if line.startswith("scp ")]
+    words = scp.split()
+    assert words[:2] == ["scp", "-q"] and words[-1] == f"{TARGET}:pollex-deploy/"
+    return [Path(w) for w in words[2:-1]]
+
+
+def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox) -> None:
     result = deploy(sandbox, "build-llamacpp", "--force")
     assert result.returncode == 0, result.stderr
     assert sandbox.log() == [
         f"ssh {TARGET} mkdir -p pollex-deploy",
-        f"scp -q {JETSON}/build-llamacpp.sh {JETSON}/llama-server.service {TARGET}:pollex-deploy/",
+        f"scp -q {JETSON}/build-llamacpp.sh {JETSON}/lib.sh {JETSON}/llama-server.service "
+        f"{TARGET}:pollex-deploy/",
         f"ssh -t {TARGET} sudo bash pollex-deploy/build-llamacpp.sh --force",
     ]
     assert "==> build llama-server on nano.local" in result.stdout
@@ -34,6 +46,7 @@ def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
     scp = next(line for line in log if line.startswith("scp "))
     for name in (
         "install-pollex.sh",
+        "lib.sh",
         "config.yaml",
         "pollex.service",
         "jetson-clocks.service",
@@ -45,6 +58,30 @@ def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
         "pollex-deploy/pollex-1.0.0-py3-none-any.whl"
     )
     assert not list((sandbox.root / "tmp").iterdir())  # the local wheel dir is cleaned up
+
+
+@pytest.mark.parametrize(
+    ("command", "kind", "script"),
+    [("build-llamacpp", "build", "build-llamacpp.sh"), ("install", "install", "install-pollex.sh")],
+)
+def test_what_deploy_copies_is_all_the_script_needs_on_the_nano(
+    request, command: str, kind: str, script: str
+) -> None:
+    sb = request.getfixturevalue(f"{kind}_sandbox")
+    assert deploy(sb, command).returncode == 0
+    nano = sb.root / "nano" / "pollex-deploy"
+    nano.mkdir(parents=True)
+    args = []
+    for f in copied(sb):
+        if f.suffix == ".whl":  # deploy's wheel is gone by now: install the sandbox's one
+            f = sb.root / "dist" / f.name
+            args.append(str(nano / f.name))
+        shutil.copy2(f, nano)
+    result = sb.run(nano / script, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "==> done" in result.stdout
+    unit = "llama-server.service" if kind == "build" else "pollex.service"
+    assert (Path(sb.env["UNIT_DIR"]) / unit).is_file()
 
 
 def test_status_checks_both_units_and_health_on_the_nano(sandbox) -> None:

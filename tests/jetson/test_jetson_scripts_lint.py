@@ -17,7 +17,9 @@ def words(text: str) -> list[str]:
 
 
 JETSON = Path(__file__).resolve().parents[2] / "jetson"
-SCRIPTS = sorted(JETSON.glob("*.sh"))
+SCRIPTS = [JETSON / name for name in ("build-llamacpp.sh", "deploy.sh", "install-pollex.sh")]
+LIB = JETSON / "lib.sh"  # sourced by the three scripts, not run on its own
+LIB_FUNCTIONS = words("step say warn die quote run write_file file_sha256")
 
 # The keys pollex's config loader accepts (design.md §6); anything else is rejected there.
 CONFIG_KEYS = set(
@@ -33,11 +35,11 @@ CONFIG_KEYS = set(
 )
 
 
-def test_the_three_scripts_are_there() -> None:
-    assert [s.name for s in SCRIPTS] == ["build-llamacpp.sh", "deploy.sh", "install-pollex.sh"]
+def test_the_three_scripts_and_their_lib_are_there() -> None:
+    assert sorted(JETSON.glob("*.sh")) == sorted([*SCRIPTS, LIB])
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, LIB], ids=lambda p: p.name)
 def test_shellcheck_clean(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
@@ -57,6 +59,26 @@ def test_strict_mode_and_executable(script: Path) -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
     assert os.access(script, os.X_OK), f"chmod +x {script}"
+
+
+def test_lib_is_only_sourced() -> None:
+    text = LIB.read_text()
+    assert text.startswith("# shellcheck shell=bash\n")
+    assert not re.search(r"^set ", text, re.M)  # the scripts choose their own options
+    assert not os.access(LIB, os.X_OK), f"chmod -x {LIB}"
+    defined = re.findall(r"^([a-z_0-9]+)\(\)", text, re.M)
+    assert sorted(defined) == sorted(LIB_FUNCTIONS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_source_the_lib_and_do_not_redefine_it(script: Path) -> None:
+    text = script.read_text()
+    source = '# shellcheck source-path=SCRIPTDIR source=lib.sh\nsource "$SCRIPT_DIR/lib.sh"'
+    assert source in text
+    # Sourced before any function is defined, so every helper can use it.
+    assert text.index(source) < text.index("() {")
+    for name in LIB_FUNCTIONS:
+        assert not re.search(rf"^{name}\(\)", text, re.M), f"{script.name} redefines {name}"
 
 
 def test_config_uses_only_known_keys_with_the_right_types() -> None:
