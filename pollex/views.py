@@ -192,7 +192,11 @@ async def _polish_sse(
     app = request.app
     config = app[CONFIG]
     stream = EventStream(request, config.keepalive_s)
-    await stream.open()
+    try:
+        await stream.open()
+    except ConnectionError:
+        request[LOG_FIELDS]["outcome"] = "client_gone"
+        return stream.response
     in_flight = app[METRICS].streams_in_flight
     in_flight.inc()
     sink = _EventSink(started, stream, request[REQUEST_ID])
