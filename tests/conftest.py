@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeAnthropic, FakeLlamaServer, FakeOllama, FakeUpstream
 
+from pollex.adapters.http import make_session
 from pollex.app import create_app
 from pollex.config import Config
 
@@ -64,6 +65,13 @@ def mock() -> Iterator[aioresponses]:
     """aioresponses patches every ClientSession: only the adapter unit tests ask for it."""
     with _Mocked() as mocked:
         yield mocked
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session made the way pollex makes its adapters' sessions."""
+    async with make_session(1.0) as s:
+        yield s
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from adapter_calls import CHAT, SYSTEM, TEXT, collect, collect_error
 from aioresponses import aioresponses
 from fakes import WORDS
 from multidict import CIMultiDict
@@ -23,9 +24,6 @@ BASE = "https://api.anthropic.test"
 MESSAGES_URL = URL(f"{BASE}/v1/messages")
 KEY = "sk-ant-test-key"
 MODEL = "claude-sonnet-4-5-20250929"
-SYSTEM = "Fix grammar. Output only the corrected text."
-TEXT = "i goes to store yesterday"
-CHAT = ChatRequest.polish(TEXT, SYSTEM, 64)
 FAKE_FINISH = Finish("stop", Usage(12, len(WORDS)))  # the fake's input_tokens and words
 SSE = {"Content-Type": "text/event-stream"}
 
@@ -38,19 +36,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def claude(session: aiohttp.ClientSession, url: str = BASE, key: str = KEY) -> ClaudeAdapter:
     return ClaudeAdapter(session, key, MODEL, url)
-
-
-async def collect(adapter: ClaudeAdapter, chat: ChatRequest = CHAT) -> tuple[list[str], Finish]:
-    finish = Finish()
-    return [chunk async for chunk in adapter.stream(chat, finish)], finish
-
-
-async def collect_error(adapter: ClaudeAdapter) -> tuple[list[str], UpstreamError]:
-    chunks: list[str] = []
-    with pytest.raises(UpstreamError) as info:
-        async for chunk in adapter.stream(CHAT, Finish()):
-            chunks.append(chunk)
-    return chunks, info.value
 
 
 def event(name: str | None, data: Any) -> bytes:

@@ -8,53 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from adapter_calls import CHAT, SYSTEM, TEXT, collect, collect_error
 from aioresponses import aioresponses
 from captures import load, wire_chunks
 from fakes import closed_port_url
 from yarl import URL
 
-from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
-from pollex.adapters.http import make_session
+from pollex.adapters import Completion, Finish, ProbeResult, Usage
 from pollex.adapters.llamacpp import LlamaCppAdapter
 from pollex.errors import UpstreamError
 
 BASE = "http://llama.test:8080"
 CHAT_URL = URL(f"{BASE}/v1/chat/completions")
 MODEL = "qwen2.5-1.5b-gpu"
-SYSTEM = "Fix grammar. Output only the corrected text."
-TEXT = "i goes to store yesterday"
-CHAT = ChatRequest.polish(TEXT, SYSTEM, 64)
 # What the capture streams (chat-stream.http): the role-only first chunk yields nothing.
 CAPTURED = ["i", " goes", " to", " store", " yesterday"]
 CAPTURED_USAGE = Usage(52, 11, 85.65)  # cache_n 47 + prompt_n 5; predicted_n; predicted/s
 WIRE = wire_chunks("chat-stream.wire.http")  # role+"i", " goes", …, finish, [DONE]
 SSE = {"Content-Type": "text/event-stream"}
 OOM = "llama-server: llama_decode failed: out of memory"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(1.0) as s:
-        yield s
-
-
-async def collect(adapter: LlamaCppAdapter, chat: ChatRequest = CHAT) -> tuple[list[str], Finish]:
-    finish = Finish()
-    return [chunk async for chunk in adapter.stream(chat, finish)], finish
-
-
-async def collect_error(adapter: LlamaCppAdapter) -> tuple[list[str], UpstreamError]:
-    """The chunks that arrived before the stream failed, and the failure."""
-    chunks: list[str] = []
-    with pytest.raises(UpstreamError) as info:
-        async for chunk in adapter.stream(CHAT, Finish()):
-            chunks.append(chunk)
-    return chunks, info.value
 
 
 def body_of(capture: str) -> str:

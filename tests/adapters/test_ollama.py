@@ -4,48 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from adapter_calls import CHAT, SYSTEM, TEXT, collect, collect_error
 from aioresponses import aioresponses
 from fakes import WORDS, closed_port_url
 from yarl import URL
 
-from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
-from pollex.adapters.http import make_session
+from pollex.adapters import Completion, Finish, ProbeResult, Usage
 from pollex.adapters.ollama import OllamaAdapter
 from pollex.errors import UpstreamError
 
 BASE = "http://ollama.test:11434"
 CHAT_URL = URL(f"{BASE}/api/chat")
 MODEL = "qwen2.5:1.5b"
-SYSTEM = "Fix grammar. Output only the corrected text."
-TEXT = "i goes to store yesterday"
-CHAT = ChatRequest.polish(TEXT, SYSTEM, 64)
 # The fake's final object: prompt_eval_count 26, eval_count 7 in 1.75 s.
 FAKE_FINISH = Finish("stop", Usage(26, len(WORDS), 4.0))
 NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(1.0) as s:
-        yield s
-
-
-async def collect(adapter: OllamaAdapter) -> tuple[list[str], Finish]:
-    finish = Finish()
-    return [chunk async for chunk in adapter.stream(CHAT, finish)], finish
-
-
-async def collect_error(adapter: OllamaAdapter) -> tuple[list[str], UpstreamError]:
-    chunks: list[str] = []
-    with pytest.raises(UpstreamError) as info:
-        async for chunk in adapter.stream(CHAT, Finish()):
-            chunks.append(chunk)
-    return chunks, info.value
 
 
 def line(content: str = "", *, done: bool = False, **extra: Any) -> bytes:
