@@ -48,12 +48,12 @@ from pollex.sse import EventStream, dumps, encode
 # The /api/polish handler's timing, metrics and log fields, so both APIs record alike.
 from pollex.views import (
     BadRequest,
-    Collector,
     TimedSink,
     log_failure,
     read_json_body,
     record_success,
     serve_guarded,
+    serve_whole,
 )
 
 POLISH_MODELS = frozenset({"pollex", "pollex:polish"})
@@ -291,15 +291,10 @@ def _mode(params: CompletionParams) -> str:
 async def _complete(
     request: web.Request, plan: Plan, chat: ChatRequest, started: float
 ) -> web.Response:
-    app = request.app
-    config = app[CONFIG]
-    sink = Collector(started)
     try:
-        served = await serve_guarded(request, plan, chat, sink, config.request_timeout_s)
+        served, _ = await serve_whole(request, plan, chat, started)
     except PollexError as exc:
-        log_failure(request, exc)
         return _error(request, exc)
-    record_success(request, served, sink, started)
     body: dict[str, Any] = {
         "id": completion_id(request),
         "object": "chat.completion",

@@ -163,18 +163,30 @@ async def serve_guarded(
         watchdog.stop()
 
 
+async def serve_whole(
+    request: web.Request, plan: Plan, chat: ChatRequest, started: float
+) -> tuple[Served, int]:
+    """A non-stream answer under `request_timeout_s`, logged and counted either way.
+
+    Returns the answer and its `elapsed_ms`; a failure is logged, then raised.
+    """
+    sink = Collector(started)
+    timeout_s = request.app[CONFIG].request_timeout_s
+    try:
+        served = await serve_guarded(request, plan, chat, sink, timeout_s)
+    except PollexError as exc:
+        log_failure(request, exc)
+        raise
+    return served, record_success(request, served, sink, started)
+
+
 async def _polish_json(
     request: web.Request, plan: Plan, chat: ChatRequest, started: float
 ) -> web.Response:
-    app = request.app
-    config = app[CONFIG]
-    sink = Collector(started)
     try:
-        served = await serve_guarded(request, plan, chat, sink, config.request_timeout_s)
+        served, elapsed_ms = await serve_whole(request, plan, chat, started)
     except PollexError as exc:
-        log_failure(request, exc)
         return error_response(request, exc.status, exc.message)
-    elapsed_ms = record_success(request, served, sink, started)
     return web.json_response(
         {
             "polished": served.text.strip(),
