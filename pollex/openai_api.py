@@ -42,7 +42,7 @@ from pollex.keys import (
     ROUTER,
     SYSTEM_PROMPT,
 )
-from pollex.router import Plan, RequestTimeout, Served, UnknownModel
+from pollex.router import Plan, Served, UnknownModel
 from pollex.sse import EventStream, dumps, encode
 
 # The /api/polish handler's timing, metrics and log fields, so both APIs record alike.
@@ -54,6 +54,8 @@ from pollex.views import (
     record_success,
     serve_guarded,
     serve_whole,
+    stream_error_message,
+    stream_in_progress,
 )
 
 POLISH_MODELS = frozenset({"pollex", "pollex:polish"})
@@ -243,7 +245,7 @@ class ChunkEncoder:
 
 
 def _stream_error(exc: PollexError) -> bytes:
-    message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
+    message = stream_error_message(exc)
     return encode(None, {"error": {"message": message, "type": "server_error", "code": exc.status}})
 
 
@@ -386,27 +388,21 @@ async def _stream(
     config = app[CONFIG]
     stream = DeferredStream(request, config.keepalive_s)
     sink = _ChunkSink(started, stream, request)
-    in_flight = app[METRICS].streams_in_flight
-    in_flight.inc()
-    try:
+    with stream_in_progress(request):
         try:
-            served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
-        except PollexError as exc:
-            log_failure(request, exc)
-            if not stream.opened:
-                return _error(request, exc)
-            await stream.write_last(_stream_error(exc), config.idle_timeout_s)
-        else:
-            record_success(request, served, sink, started)
-            await stream.write_last(_tail(sink, served, include_usage), config.idle_timeout_s)
-    except asyncio.CancelledError:
-        request[LOG_FIELDS]["outcome"] = "client_gone"
-        raise
-    except ConnectionError:
-        request[LOG_FIELDS]["outcome"] = "client_gone"
-    finally:
-        in_flight.dec()
-        stream.close()
+            try:
+                served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
+            except PollexError as exc:
+                log_failure(request, exc)
+                if not stream.opened:
+                    return _error(request, exc)
+                await stream.write_last(_stream_error(exc), config.idle_timeout_s)
+            else:
+                record_success(request, served, sink, started)
+                last = _tail(sink, served, include_usage)
+                await stream.write_last(last, config.idle_timeout_s)
+        finally:
+            stream.close()
     return stream.response
 
 

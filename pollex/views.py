@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,22 +211,33 @@ async def _polish_sse(
     except ConnectionError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
         return stream.response
-    in_flight = app[METRICS].streams_in_flight
-    in_flight.inc()
     sink = _EventSink(started, stream, request[REQUEST_ID])
     # A client that cannot take the last few hundred bytes in this long is gone.
     last_write_s = config.idle_timeout_s
-    try:
+    with stream_in_progress(request):
         try:
-            served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
-        except PollexError as exc:
-            log_failure(request, exc)
-            message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
-            error = encode("error", {"error": message, "status": exc.status})
-            await stream.finish(error, last_write_s)
-        else:
-            done = _done_event(served, sink, record_success(request, served, sink, started))
-            await stream.finish(encode("done", done), last_write_s)
+            try:
+                served = await serve_guarded(request, plan, chat, sink, config.stream_timeout_s)
+            except PollexError as exc:
+                log_failure(request, exc)
+                error = {"error": stream_error_message(exc), "status": exc.status}
+                await stream.finish(encode("error", error), last_write_s)
+            else:
+                done = _done_event(served, sink, record_success(request, served, sink, started))
+                await stream.finish(encode("done", done), last_write_s)
+        finally:
+            stream.stop_keepalive()
+    return stream.response
+
+
+@contextlib.contextmanager
+def stream_in_progress(request: web.Request) -> Iterator[None]:
+    """A streamed answer: counted in `streams_in_flight`; a client that leaves during it is
+    logged as `client_gone` (a connection error ends the answer quietly)."""
+    in_flight = request.app[METRICS].streams_in_flight
+    in_flight.inc()
+    try:
+        yield
     except asyncio.CancelledError:
         request[LOG_FIELDS]["outcome"] = "client_gone"
         raise
@@ -232,8 +245,11 @@ async def _polish_sse(
         request[LOG_FIELDS]["outcome"] = "client_gone"
     finally:
         in_flight.dec()
-        stream.stop_keepalive()
-    return stream.response
+
+
+def stream_error_message(exc: PollexError) -> str:
+    """A stream's own time limit says so; other failures keep their message."""
+    return "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
 
 
 def _done_event(served: Served, sink: TimedSink, elapsed_ms: int) -> dict[str, Any]:
