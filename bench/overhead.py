@@ -1,6 +1,6 @@
 """What pollex adds on top of llama-server: latency before the first token, CPU per token, RSS.
 
-Run: /work/venv/bin/python bench/overhead.py   (about 10-15 s; loopback only)
+Run: python bench/overhead.py   (about 10-15 s; loopback only)
 
 Set-up. Three processes on 127.0.0.1:
 
@@ -77,7 +77,7 @@ from typing import IO, Any, NoReturn
 import aiohttp
 from aiohttp import web
 
-from pollex.app import load_prompt
+from pollex.web.app import load_prompt
 
 LATENCY_REQUESTS = 200
 LATENCY_WARMUP = 30

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pollex import __version__, polish_client
+from pollex import __version__
+from pollex.client import polish as polish_client
 from pollex.config import NO_BACKEND_MESSAGE, Config, ConfigError, load_config
 
 EXIT_USAGE = 2

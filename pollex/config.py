@@ -17,12 +17,16 @@ from typing import Any, Literal
 
 import yaml
 
+# Every backend pollex can speak, in the canonical order. Each has its settings below
+# (`<provider>_...`) and a row in pollex.adapters.providers that says how it is opened.
 PROVIDERS = ("llamacpp", "ollama", "claude", "mock")
 SECRET_KEYS = frozenset({"api_key", "claude_api_key"})
 ENV_PREFIX = "POLLEX_"
 # Variables of the `pollex polish` client that share the prefix but are not server settings.
 CLIENT_ENV = frozenset({"POLLEX_URL"})
 _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "mock": 60.0}
+# Settings that fall back to their default when given empty (a blank environment variable).
+_DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -37,7 +41,7 @@ class Config:
     mock: bool = False
 
     llamacpp_url: str = ""
-    llamacpp_model: str = ""
+    llamacpp_model: str = "llama.cpp"
     ollama_url: str = ""
     ollama_model: str = "qwen2.5:1.5b"
     claude_api_key: str = ""
@@ -85,7 +89,17 @@ class Config:
         return _FIRST_TOKEN_DEFAULTS[provider]
 
     def has_backend(self) -> bool:
-        return bool(self.mock or self.llamacpp_url or self.ollama_url or self.claude_api_key)
+        return any(self.enables(provider) for provider in PROVIDERS)
+
+    def enables(self, provider: str) -> bool:
+        """Whether `provider` has enough configuration to run."""
+        switch = {
+            "llamacpp": self.llamacpp_url,
+            "ollama": self.ollama_url,
+            "claude": self.claude_api_key,
+            "mock": self.mock,
+        }
+        return bool(switch[provider])
 
     def redacted(self) -> dict[str, Any]:
         """All settings as plain data, secrets replaced, for `pollex config` and logs."""
@@ -98,6 +112,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_DEFAULTS = Config()
 _HINTS = typing.get_type_hints(Config)
 
 NO_BACKEND_MESSAGE = (
@@ -246,6 +261,11 @@ def _validated(config: Config) -> Config:
     # the source of the value is still known.
     if config.log_level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    empty: dict[str, Any] = {
+        key: getattr(_DEFAULTS, key) for key in _DEFAULT_WHEN_EMPTY if not getattr(config, key)
+    }
+    if empty:
+        config = dataclasses.replace(config, **empty)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, not {config.port}")
     for name, field_hint in _HINTS.items():

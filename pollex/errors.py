@@ -1,16 +1,28 @@
-"""pollex's own exceptions.
+"""pollex's own exceptions, and the outcome each one is logged and counted as.
 
-    PollexError
-    ├── UpstreamError        an upstream failed; `kind` is the metric label
-    │   │                    (connect, timeout, status, protocol); `failover` says whether
-    │   │                    another adapter may be tried, `marks_down` whether the
-    │   │                    adapter is taken out of rotation at once (design §4)
-    │   └── OutputTooLong    the answer passed max_output_chars
-    ├── StreamBroken         an upstream failed after text reached the client: never retried
-    └── NoAdapterServed      every adapter of the chain was tried and failed
+    PollexError                     status  outcome
+    ├── BadRequest                  400     bad_request      the client's request is wrong
+    │   └── UnknownModel            400     bad_request      `model_id` names no backend
+    ├── ModelNotFound               404     bad_request      OpenAI's answer to an unknown model
+    ├── Unauthorized                401     unauthorized     missing or wrong API key
+    ├── RateLimited                 429     rate_limited     the client's window is full
+    ├── UpstreamError               502     upstream_error   an upstream failed; `kind` is the
+    │   │                                                    metric label (connect, timeout,
+    │   │                                                    status, protocol), `failover` says
+    │   │                                                    whether another backend may be
+    │   │                                                    tried, `marks_down` whether this
+    │   │                                                    one is taken out of rotation
+    │   └── OutputTooLong           502     upstream_error   the answer passed max_output_chars
+    ├── StreamBroken                (its cause's)            an upstream failed after text
+    │                                                        reached the client: never retried
+    ├── NoAdapterServed             503     no_backend       every backend of the chain failed
+    ├── ServerShuttingDown          503     shutting_down    the grace time after SIGTERM is over
+    └── RequestTimeout              504     timeout          the whole request took too long
 
 Adapters translate foreign exceptions (aiohttp, json) into these at their boundary; the
-router decides about failover; only the views turn them into HTTP statuses.
+router decides about failover; only the web face turns them into HTTP answers, whose body
+shape depends on the API the route belongs to. `code` is the machine-readable error code
+of OpenAI's error shape.
 """
 
 from __future__ import annotations
@@ -19,16 +31,64 @@ from typing import Literal
 
 ErrorKind = Literal["connect", "timeout", "status", "protocol"]
 
+# How a request ended, in the access log (`outcome`) and nowhere else spelled out.
+Outcome = Literal[
+    "ok",
+    "client_gone",
+    "bad_request",
+    "unauthorized",
+    "rate_limited",
+    "upstream_error",
+    "no_backend",
+    "shutting_down",
+    "timeout",
+]
+
 
 class PollexError(Exception):
-    status = 502
+    status = 500
+    outcome: Outcome = "upstream_error"
+    code: str | None = None
+    # Seconds a client should wait before asking again (`Retry-After`), when known.
+    retry_after_s: float | None = None
 
     @property
     def message(self) -> str:
         return str(self)
 
 
+class BadRequest(PollexError):
+    status = 400
+    outcome: Outcome = "bad_request"
+
+
+class UnknownModel(BadRequest):
+    pass
+
+
+class ModelNotFound(PollexError):
+    status = 404
+    outcome: Outcome = "bad_request"
+    code = "model_not_found"
+
+
+class Unauthorized(PollexError):
+    status = 401
+    outcome: Outcome = "unauthorized"
+
+
+class RateLimited(PollexError):
+    status = 429
+    outcome: Outcome = "rate_limited"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("rate limit exceeded")
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamError(PollexError):
+    status = 502
+
     def __init__(
         self,
         message: str,
@@ -61,8 +121,9 @@ class StreamBroken(PollexError):
 
 class NoAdapterServed(PollexError):
     status = 503
+    outcome: Outcome = "no_backend"
 
-    def __init__(self, failures: list[tuple[str, str]]) -> None:
+    def __init__(self, failures: list[tuple[str, str]], retry_after_s: float) -> None:
         detail = "; ".join(f"{name}: {reason}" for name, reason in failures)
         super().__init__(
             f"no backend could serve the request ({detail})"
@@ -70,3 +131,18 @@ class NoAdapterServed(PollexError):
             else "no backend could serve the request"
         )
         self.failures = failures
+        self.retry_after_s = retry_after_s
+
+
+class ServerShuttingDown(PollexError):
+    status = 503
+    outcome: Outcome = "shutting_down"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("server shutting down")
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(PollexError):
+    status = 504
+    outcome: Outcome = "timeout"

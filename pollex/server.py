@@ -10,10 +10,10 @@ import structlog
 from aiohttp import web
 
 from pollex import __version__
-from pollex.app import create_app
 from pollex.config import Config
-from pollex.keys import IN_FLIGHT
 from pollex.notify import notify, watchdog_interval
+from pollex.web.app import create_app
+from pollex.web.keys import IN_FLIGHT
 
 log = structlog.get_logger("pollex.server")
 

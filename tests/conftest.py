@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -11,8 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import httpx
-import httpx_sse
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aioresponses import aioresponses
@@ -21,29 +18,10 @@ from yarl import URL
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeAnthropic, FakeLlamaServer, FakeOllama, FakeUpstream
+from helpers import fast_config
 
 from pollex.adapters.http import make_session
-from pollex.app import create_app
-from pollex.config import Config
-
-# Small intervals so failover, recovery and keep-alive are seen in milliseconds.
-FAST = {
-    "probe_interval_s": 0.05,
-    "probe_interval_down_s": 0.02,
-    "probe_timeout_s": 0.3,
-    "connect_timeout_s": 0.5,
-    "keepalive_s": 5.0,
-    "first_token_timeout_s": 5.0,
-    "idle_timeout_s": 5.0,
-    "request_timeout_s": 10.0,
-    "stream_timeout_s": 10.0,
-    "log_format": "console",
-    "rate_limit_per_minute": 10000,
-}
-
-
-def fast_config(**overrides: Any) -> Config:
-    return dataclasses.replace(Config(), **{**FAST, **overrides})
+from pollex.web.app import create_app
 
 
 class _Response(aiohttp.ClientResponse):
@@ -130,24 +108,3 @@ def pollex(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient[Any, Any]]
         )
 
     return start
-
-
-@dataclasses.dataclass
-class Event:
-    event: str
-    data: Any
-
-
-async def sse_events(url: str, body: dict[str, Any], **headers: str) -> AsyncIterator[Event]:
-    """Events of one SSE polish, read by httpx-sse (a parser pollex did not write)."""
-    async with (
-        httpx.AsyncClient(timeout=10) as client,
-        httpx_sse.aconnect_sse(client, "POST", url, json=body, headers=headers) as source,
-    ):
-        assert source.response.headers["content-type"].startswith("text/event-stream")
-        async for sse in source.aiter_sse():
-            yield Event(sse.event, json.loads(sse.data))
-
-
-async def collect_events(url: str, body: dict[str, Any]) -> list[Event]:
-    return [event async for event in sse_events(url, body)]

@@ -11,8 +11,8 @@ import pytest
 import structlog
 
 from pollex.adapters import ProbeResult
-from pollex.availability import Availability
 from pollex.metrics import Metrics
+from pollex.routing.availability import Availability
 
 PROBE_TIMEOUT = 0.05
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pollex.backends import chain_providers, open_backends, registered_providers
+from pollex.adapters.providers import chain_providers, open_backends, registered_providers
 from pollex.config import Config, ConfigError, load_config
 
 JETSON_CONFIG = Path(__file__).parents[1] / "jetson" / "config.yaml"

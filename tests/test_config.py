@@ -385,3 +385,9 @@ def test_first_token_timeout_from_env() -> None:
     )
     assert config.first_token_timeout("llamacpp") == 45.0
     assert config.first_token_timeout("ollama") == 7.5
+
+
+@pytest.mark.parametrize("key", ["llamacpp_model", "ollama_model", "claude_model", "claude_url"])
+def test_an_empty_model_or_url_falls_back_to_its_default(key: str) -> None:
+    config = load_config(env={f"POLLEX_{key.upper()}": ""})
+    assert getattr(config, key) == getattr(Config(), key) != ""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pollex.guard import MAX_CLIENTS, SlidingWindowLimiter, key_is_valid
+from pollex.web.guard import MAX_CLIENTS, SlidingWindowLimiter, key_is_valid
 
 
 class Clock:

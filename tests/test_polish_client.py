@@ -13,12 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import collect_events
 from fakes import closed_port_url
+from helpers import collect_events
 
 from pollex.adapters.mock import tidy
-from pollex.parsing import SSEDecoder
-from pollex.polish_client import (
+from pollex.client.polish import (
     EXIT_AUTH,
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -28,6 +27,7 @@ from pollex.polish_client import (
     TextOutput,
     _status_failure,
 )
+from pollex.parsing import SSEDecoder
 
 TEXT = "i goes  to the store , and i buy milk"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pollex.watchdog import Watchdog
+from pollex.routing.watchdog import Watchdog
 
 LONG = 2.0  # "forever" for a test: any wait this long is cut short by the watchdog or fails
 

@@ -1,7 +1,7 @@
 """Adapters: each speaks one upstream's protocol and nothing else.
 
 An adapter is structural (`Adapter` is a `typing.Protocol`), so a test double needs no
-inheritance. Contract:
+inheritance. The protocol is exactly what the router uses:
 
 - `probe()` is cheap and says whether the upstream can take a request now; the caller
   bounds it with `probe_timeout_s`.
@@ -10,13 +10,17 @@ inheritance. Contract:
   then `finish` holds the finish reason and usage. Every failure is an `UpstreamError`.
   Closing the generator early (client gone, timeout) closes the upstream connection so
   the upstream stops generating.
-- `complete(chat)` is the one-shot form, using the upstream's non-stream mode.
+
+A JSON answer is the same stream collected, so the failover and timeout rules are the
+same for both (docs/architecture.md); no adapter has a one-shot mode. Every request asks
+for the greedy answer (temperature 0): a polish should be the most likely fluent text,
+and the same text twice should give the same answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -30,7 +34,6 @@ class Message:
 class ChatRequest:
     messages: tuple[Message, ...]
     max_tokens: int
-    temperature: float = 0.0
 
     @classmethod
     def polish(cls, text: str, system_prompt: str, max_tokens: int) -> ChatRequest:
@@ -53,16 +56,15 @@ class Usage:
 
 @dataclass(slots=True)
 class Finish:
-    """How a stream ended; filled in by the adapter when the end marker arrives."""
+    """How a stream ended; filled in by the adapter as the end marker arrives.
+
+    `ended` is set only by the upstream's explicit end (`[DONE]` after a finish reason,
+    `done: true`, `message_stop`): a stream without it is broken, however it stopped.
+    """
 
     reason: str | None = None
     usage: Usage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    text: str
-    finish: Finish = field(default_factory=Finish)
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +83,14 @@ class Adapter(Protocol):
 
     def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]: ...
 
-    async def complete(self, chat: ChatRequest) -> Completion: ...
+
+class Backends:
+    """The registered adapters: by id, and the failover chain."""
+
+    def __init__(self, adapters: Sequence[Adapter], chain: Sequence[Adapter]) -> None:
+        self.by_id = {a.id: a for a in adapters}
+        self.chain = tuple(chain)
+
+    def listed(self) -> list[Adapter]:
+        """Chain order first, then adapters only reachable by `model_id`."""
+        return [*self.chain, *(a for a in self.by_id.values() if a not in self.chain)]

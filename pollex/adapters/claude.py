@@ -8,38 +8,32 @@ from typing import Any
 
 import aiohttp
 
-from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
-from pollex.adapters.http import (
-    HttpAdapter,
-    parse_errors,
-    post_json,
-    read_error_body,
-    status_error,
-    streaming_post,
-    upstream_message,
-)
+from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
+from pollex.adapters.http import HttpAdapter, read_error_body, status_error, upstream_message
 from pollex.errors import UpstreamError
-from pollex.parsing import SSEDecoder
+from pollex.parsing import SSEDecoder, SSEEvent
 
 UPSTREAM = "anthropic"
 API_VERSION = "2023-06-01"
-# HTTP statuses worth trying another backend for (upstreams.md §3.4).
+# HTTP statuses worth trying another backend for (docs/upstreams.md).
 _RETRYABLE = frozenset({408, 409, 429, 529})
 
 
 class ClaudeAdapter(HttpAdapter):
     provider = "claude"
     label = "Claude"
+    upstream = UPSTREAM
+    end_marker = "message_stop"
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        api_key: str,
+        url: str,
         model: str,
-        url: str = "https://api.anthropic.com",
         *,
-        first_token_timeout_s: float | None = None,
-        max_line_bytes: int = 1 << 20,
+        api_key: str,
+        first_token_timeout_s: float,
+        max_line_bytes: int,
     ) -> None:
         super().__init__(
             session,
@@ -58,71 +52,7 @@ class ClaudeAdapter(HttpAdapter):
             return ProbeResult(False, "API key rejected")
         return ProbeResult(True)
 
-    async def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
-        url = f"{self._base}/v1/messages"
-        body = self._body(chat, stream=True)
-        stream = streaming_post(self._session, url, body, UPSTREAM, self._status_error)
-        async with stream as resp:
-            decoder = SSEDecoder(self._max_line)
-            while True:
-                chunk = await resp.content.readany()
-                with parse_errors():
-                    # At EOF, close() still ends a line held back for its CR.
-                    events = decoder.feed(chunk) if chunk else decoder.close()
-                for event in events:
-                    try:
-                        data = json.loads(event.data)
-                    except ValueError:
-                        raise UpstreamError(
-                            f"{UPSTREAM} sent an event that is not JSON", kind="protocol"
-                        ) from None
-                    if not isinstance(data, dict):
-                        raise UpstreamError(
-                            f"{UPSTREAM} sent JSON that is not an object", kind="protocol"
-                        )
-                    kind = event.event if event.event != "message" else data.get("type")
-                    if kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            yield delta["text"]
-                    elif kind == "message_start":
-                        _start_usage(finish, data)
-                    elif kind == "message_delta":
-                        _delta_usage(finish, data)
-                    elif kind == "message_stop":
-                        finish.reason = finish.reason or "stop"
-                        return
-                    elif kind == "error":
-                        raise _stream_error(data)
-                if not chunk:
-                    raise UpstreamError(
-                        f"{UPSTREAM} stream ended before message_stop", kind="protocol"
-                    )
-
-    async def complete(self, chat: ChatRequest) -> Completion:
-        url = f"{self._base}/v1/messages"
-        body = self._body(chat, stream=False)
-        data = await post_json(
-            self._session, url, body, UPSTREAM, self._status_error, self._max_line
-        )
-        if not isinstance(data, dict):
-            raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
-        if data.get("type") == "error":
-            raise _stream_error(data)
-        blocks = data.get("content")
-        text = "".join(
-            b.get("text", "")
-            for b in blocks or ()
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-        if not text:
-            raise UpstreamError(f"{UPSTREAM} answered with empty content", kind="protocol")
-        finish = Finish()
-        _start_usage(finish, {"message": data})
-        _delta_usage(finish, {"delta": data, "usage": data.get("usage")})
-        return Completion(text, finish)
-
-    def _body(self, chat: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
         system = "\n\n".join(m.content for m in chat.messages if m.role == "system")
         body: dict[str, Any] = {
             "model": self.id,
@@ -132,12 +62,13 @@ class ClaudeAdapter(HttpAdapter):
                 for m in chat.messages
                 if m.role in ("user", "assistant")
             ],
-            "stream": stream,
-            "temperature": chat.temperature,
+            "stream": True,
+            "temperature": 0,
         }
         if system:
             body["system"] = system
-        return body
+        decoder = SSEDecoder(self._max_line)
+        return self._read_stream("/v1/messages", body, decoder, _read_event, finish)
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
         body, raw = await read_error_body(resp)
@@ -153,6 +84,31 @@ class ClaudeAdapter(HttpAdapter):
 def session_headers(api_key: str) -> dict[str, str]:
     """Headers every request of the adapter's session carries."""
     return {"x-api-key": api_key, "anthropic-version": API_VERSION}
+
+
+def _read_event(event: SSEEvent, finish: Finish) -> str | None:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise UpstreamError(f"{UPSTREAM} sent an event that is not JSON", kind="protocol") from None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
+    kind = event.event if event.event != "message" else data.get("type")
+    if kind == "content_block_delta":
+        delta = data.get("delta") or {}
+        text = delta.get("text")
+        if delta.get("type") == "text_delta" and isinstance(text, str):
+            return text
+    elif kind == "message_start":
+        _start_usage(finish, data)
+    elif kind == "message_delta":
+        _delta_usage(finish, data)
+    elif kind == "message_stop":
+        finish.reason = finish.reason or "stop"
+        finish.ended = True
+    elif kind == "error":
+        raise _stream_error(data)
+    return None
 
 
 def _message(body: Any) -> str | None:

@@ -1,48 +1,122 @@
-"""What the HTTP adapters share: one session each, error translation, bounded reads."""
+"""What the HTTP adapters share: one session each, the upstream read loop, error translation.
+
+A concrete adapter keeps only its dialect: the request body, what one decoded item of its
+stream means (`read`), and which HTTP statuses are worth another backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from pollex.adapters import Finish
 from pollex.errors import UpstreamError
 from pollex.parsing import LineTooLong, MalformedLine
 
 # Error bodies are small; never read more than this of one to find its message.
 ERROR_BODY_LIMIT = 64 * 1024
 
+Item = TypeVar("Item")
+
+
+class Decoder(Protocol[Item]):
+    """An incremental parser of one stream format (pollex.parsing)."""
+
+    def feed(self, chunk: bytes) -> list[Item]: ...
+
+    def close(self) -> list[Item]: ...
+
+
+# One decoded item of a stream -> its text, if any; sets `finish` when the end arrives.
+Reader = Callable[[Item, Finish], str | None]
+
 
 class HttpAdapter:
-    """What every HTTP adapter keeps: its one session, base URL, identity and limits.
+    """An adapter that speaks HTTP: its one session, base URL, identity and limits.
 
-    Subclasses set `provider`, `label` (the name's prefix) and their defaults.
+    Subclasses set `provider`, `label` (the name's prefix), `upstream` (the name its
+    errors use) and `end_marker` (what a complete stream ends with), and implement
+    `_status_error` for non-200 answers.
     """
 
     provider: str
     label: str
-    default_model = ""
-    default_first_token_timeout_s = 60.0
+    upstream: str
+    end_marker: str
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         url: str,
-        model: str = "",
+        model: str,
         *,
-        first_token_timeout_s: float | None = None,
-        max_line_bytes: int = 1 << 20,
+        first_token_timeout_s: float,
+        max_line_bytes: int,
     ) -> None:
         self._session = session
         self._base = url.rstrip("/")
-        self.id = model or self.default_model
-        self.name = f"{self.label} ({self.id})"
-        self.first_token_timeout_s = first_token_timeout_s or self.default_first_token_timeout_s
+        self.id = model
+        self.name = f"{self.label} ({model})"
+        self.first_token_timeout_s = first_token_timeout_s
         self._max_line = max_line_bytes
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        raise NotImplementedError
+
+    async def _read_stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        decoder: Decoder[Item],
+        read: Reader[Item],
+        finish: Finish,
+    ) -> AsyncGenerator[str, None]:
+        """POST `body` and yield the text of each item as it arrives, until the end marker.
+
+        The one read loop of every HTTP adapter: read what the socket has, feed the
+        decoder, hand each item to the dialect's `read`. At EOF the decoder is closed (it
+        may still hold a last line); a stream that ends without its end marker is broken.
+        """
+        async with self._post(path, body) as resp:
+            while True:
+                chunk = await resp.content.readany()
+                with parse_errors():
+                    items = decoder.feed(chunk) if chunk else decoder.close()
+                for item in items:
+                    text = read(item, finish)
+                    if text:
+                        yield text
+                    if finish.ended:
+                        return
+                if not chunk:
+                    raise UpstreamError(
+                        f"{self.upstream} stream ended before {self.end_marker}", kind="protocol"
+                    )
+
+    @asynccontextmanager
+    async def _post(self, path: str, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST and hand over the 200 response whose body is a stream.
+
+        Leaving the block by any exception (the client left, a timeout, a broken stream)
+        closes the connection instead of returning it to the pool, which is what makes
+        llama-server and Ollama stop generating.
+        """
+        async with (
+            translated(self.upstream),
+            self._session.post(f"{self._base}{path}", json=body) as resp,
+        ):
+            if resp.status != 200:
+                raise await self._status_error(resp)
+            try:
+                yield resp
+            except BaseException:
+                resp.close()
+                raise
 
 
 def make_session(
@@ -95,19 +169,6 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
         return None, text
 
 
-async def read_json(resp: aiohttp.ClientResponse, upstream: str, limit: int) -> Any:
-    """The JSON body of a 200 answer in non-stream mode, refusing garbage and huge bodies."""
-    raw = await resp.content.read(limit + 1)
-    if len(raw) > limit:
-        raise UpstreamError(f"{upstream} answer too large", kind="protocol", marks_down=False)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise UpstreamError(
-            f"{upstream} answered with something that is not JSON: {raw[:80]!r}", kind="protocol"
-        ) from None
-
-
 def status_error(
     upstream: str, status: int, message: str, *, failover: bool, marks_down: bool
 ) -> UpstreamError:
@@ -131,45 +192,3 @@ def upstream_message(body: Any, raw: str, extract: Extractor) -> str:
     """The upstream's own error message, else a short excerpt of what it sent."""
     message = extract(body) if body is not None else None
     return message or snippet(raw) or "empty error body"
-
-
-StatusErrorFactory = Callable[[aiohttp.ClientResponse], Awaitable[UpstreamError]]
-
-
-@asynccontextmanager
-async def streaming_post(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: dict[str, Any],
-    upstream: str,
-    on_status: StatusErrorFactory,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST and hand over the 200 response whose body is a stream.
-
-    Leaving the block by any exception (the client left, a timeout, a broken stream)
-    closes the connection instead of returning it to the pool, which is what makes
-    llama-server and Ollama stop generating.
-    """
-    async with translated(upstream), session.post(url, json=body) as resp:
-        if resp.status != 200:
-            raise await on_status(resp)
-        try:
-            yield resp
-        except BaseException:
-            resp.close()
-            raise
-
-
-async def post_json(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: dict[str, Any],
-    upstream: str,
-    on_status: StatusErrorFactory,
-    limit: int,
-) -> Any:
-    """POST in the upstream's non-stream mode and return its decoded JSON answer."""
-    async with translated(upstream), session.post(url, json=body) as resp:
-        if resp.status != 200:
-            raise await on_status(resp)
-        return await read_json(resp, upstream, limit)

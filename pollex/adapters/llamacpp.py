@@ -1,6 +1,6 @@
 """llama.cpp's `llama-server`, through its OpenAI-style `/v1/chat/completions`.
 
-Speaks both dialects the Nano may meet (upstreams.md §1.1): b5050 reports a mid-stream
+Speaks both dialects the Nano may meet (docs/upstreams.md): b5050 reports a mid-stream
 failure as a non-standard `error: {...}` line followed by `data: [DONE]`; current builds
 send `data: {"error": {...}}` and no `[DONE]`. A stream is complete only when a chunk with
 a `finish_reason` arrived and then `[DONE]`.
@@ -14,16 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
-from pollex.adapters.http import (
-    HttpAdapter,
-    parse_errors,
-    post_json,
-    read_error_body,
-    status_error,
-    streaming_post,
-    upstream_message,
-)
+from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
+from pollex.adapters.http import HttpAdapter, read_error_body, status_error, upstream_message
 from pollex.errors import UpstreamError
 from pollex.parsing import SSEDecoder, SSEEvent
 
@@ -33,8 +25,8 @@ UPSTREAM = "llama-server"
 class LlamaCppAdapter(HttpAdapter):
     provider = "llamacpp"
     label = "llama.cpp"
-    default_model = "llama.cpp"
-    default_first_token_timeout_s = 120.0
+    upstream = UPSTREAM
+    end_marker = "[DONE]"
 
     async def probe(self) -> ProbeResult:
         try:
@@ -48,57 +40,40 @@ class LlamaCppAdapter(HttpAdapter):
             return ProbeResult(False, f"{UPSTREAM} loading model")
         return ProbeResult(False, f"{UPSTREAM} /health answered HTTP {status}")
 
-    async def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
-        url = f"{self._base}/v1/chat/completions"
-        body = self._body(chat, stream=True)
-        async with streaming_post(self._session, url, body, UPSTREAM, _status_error) as resp:
-            decoder = SSEDecoder(self._max_line, error_field=True)
-            while True:
-                chunk = await resp.content.readany()
-                with parse_errors():
-                    # At EOF, close() still ends a line held back for its CR.
-                    events = decoder.feed(chunk) if chunk else decoder.close()
-                for event in events:
-                    if event.data == "[DONE]":
-                        if finish.reason is None:
-                            raise UpstreamError(
-                                f"{UPSTREAM} sent [DONE] without a finish_reason", kind="protocol"
-                            )
-                        return
-                    text = _chunk_text(event, finish)
-                    if text:
-                        yield text
-                if not chunk:
-                    raise UpstreamError(f"{UPSTREAM} stream ended before [DONE]", kind="protocol")
-
-    async def complete(self, chat: ChatRequest) -> Completion:
-        url = f"{self._base}/v1/chat/completions"
-        body = self._body(chat, stream=False)
-        data = await post_json(self._session, url, body, UPSTREAM, _status_error, self._max_line)
-        _raise_embedded_error(data)
-        try:
-            choice = data["choices"][0]
-            text = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise UpstreamError(f"{UPSTREAM} answer has no choices", kind="protocol") from None
-        if not isinstance(text, str) or not text:
-            raise UpstreamError(f"{UPSTREAM} answered with empty content", kind="protocol")
-        return Completion(text, Finish(choice.get("finish_reason"), _usage(data)))
-
-    def _body(self, chat: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
         body: dict[str, Any] = {
             "model": self.id,
             "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
-            "temperature": chat.temperature,
+            "temperature": 0,
             "max_tokens": chat.max_tokens,
-            "stream": stream,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        return body
+        decoder = SSEDecoder(self._max_line, error_field=True)
+        return self._read_stream("/v1/chat/completions", body, decoder, _read_event, finish)
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        body, raw = await read_error_body(resp)
+        message = upstream_message(body, raw, _message)
+        error = body.get("error") if isinstance(body, dict) else None
+        error_type = error.get("type") if isinstance(error, dict) else None
+        if resp.status >= 500:
+            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
+        if error_type == "exceed_context_size_error":
+            # The Nano's small context: a backend with a larger one can still serve the text.
+            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=False)
+        if resp.status in (401, 403, 404):
+            # pollex's configuration does not match this server: try the next backend.
+            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
+        return status_error(UPSTREAM, resp.status, message, failover=False, marks_down=False)
 
 
-def _chunk_text(event: SSEEvent, finish: Finish) -> str | None:
+def _read_event(event: SSEEvent, finish: Finish) -> str | None:
+    if event.data == "[DONE]":
+        if finish.reason is None:
+            raise UpstreamError(f"{UPSTREAM} sent [DONE] without a finish_reason", kind="protocol")
+        finish.ended = True
+        return None
     try:
         data = json.loads(event.data)
     except ValueError:
@@ -107,7 +82,12 @@ def _chunk_text(event: SSEEvent, finish: Finish) -> str | None:
         # b5050: `error: {"code", "message", "type"}`, the error object itself.
         message = data.get("message") if isinstance(data, dict) else None
         raise UpstreamError(f"{UPSTREAM}: {message or event.data}", kind="status", marks_down=False)
-    _raise_embedded_error(data)
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
+    if "error" in data:
+        raise UpstreamError(
+            f"{UPSTREAM}: {_message(data) or data['error']}", kind="status", marks_down=False
+        )
     usage = _usage(data)
     if usage is not None:
         finish.usage = usage
@@ -120,15 +100,6 @@ def _chunk_text(event: SSEEvent, finish: Finish) -> str | None:
         finish.reason = reason
     content = (choice.get("delta") or {}).get("content")
     return content if isinstance(content, str) else None
-
-
-def _raise_embedded_error(data: Any) -> None:
-    if not isinstance(data, dict):
-        raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
-    if "error" in data:
-        raise UpstreamError(
-            f"{UPSTREAM}: {_message(data) or data['error']}", kind="status", marks_down=False
-        )
 
 
 def _message(body: Any) -> str | None:
@@ -149,19 +120,3 @@ def _usage(data: dict[str, Any]) -> Usage | None:
     completion = usage.get("completion_tokens") or timings.get("predicted_n", 0)
     speed = timings.get("predicted_per_second")
     return Usage(int(prompt), int(completion), round(float(speed), 2) if speed else None)
-
-
-async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamError:
-    body, raw = await read_error_body(resp)
-    message = upstream_message(body, raw, _message)
-    error = body.get("error") if isinstance(body, dict) else None
-    error_type = error.get("type") if isinstance(error, dict) else None
-    if resp.status >= 500:
-        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
-    if error_type == "exceed_context_size_error":
-        # The Nano's small context: a backend with a larger one can still serve the text.
-        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=False)
-    if resp.status in (401, 403, 404):
-        # pollex's configuration does not match this server: try the next backend.
-        return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
-    return status_error(UPSTREAM, resp.status, message, failover=False, marks_down=False)

@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator
 
-from pollex.adapters import ChatRequest, Completion, Finish, ProbeResult, Usage
+from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
 
 _SPACES = re.compile(r"[ \t]+")
 _LONE_I = re.compile(r"\bi\b")
@@ -39,7 +39,7 @@ class MockAdapter:
     provider = "mock"
     name = "Mock"
 
-    def __init__(self, delay_s: float = 0.0, first_token_timeout_s: float = 60.0) -> None:
+    def __init__(self, *, first_token_timeout_s: float, delay_s: float = 0.0) -> None:
         self._delay = delay_s
         self.first_token_timeout_s = first_token_timeout_s
 
@@ -58,9 +58,5 @@ class MockAdapter:
             yield word
         else:
             finish.reason = "stop"
+        finish.ended = True
         finish.usage = Usage(len(source.split()), min(len(words), chat.max_tokens))
-
-    async def complete(self, chat: ChatRequest) -> Completion:
-        finish = Finish()
-        text = "".join([chunk async for chunk in self.stream(chat, finish)])
-        return Completion(text, finish)

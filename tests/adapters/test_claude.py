@@ -1,21 +1,26 @@
-"""ClaudeAdapter: request shape and headers (aioresponses), then named-event SSE over sockets."""
+"""ClaudeAdapter's own dialect: the key and its headers, the top-level system prompt, and
+the Messages API's named events with their usage and in-band errors.
+
+What every HTTP adapter does the same way (request body, status errors, cuts,
+cancellation) is in test_http_adapters.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from adapter_calls import CHAT, SYSTEM, TEXT, collect, collect_error
 from aioresponses import aioresponses
 from fakes import WORDS
+from helpers import TEXT, collect, collect_error
+from helpers import claude as make_claude
 from multidict import CIMultiDict
 from yarl import URL
 
-from pollex.adapters import ChatRequest, Completion, Finish, Message, ProbeResult, Usage
+from pollex.adapters import ChatRequest, Finish, Message, ProbeResult, Usage
 from pollex.adapters.claude import API_VERSION, ClaudeAdapter, session_headers
 from pollex.adapters.http import make_session
 from pollex.errors import UpstreamError
@@ -24,18 +29,18 @@ BASE = "https://api.anthropic.test"
 MESSAGES_URL = URL(f"{BASE}/v1/messages")
 KEY = "sk-ant-test-key"
 MODEL = "claude-sonnet-4-5-20250929"
-FAKE_FINISH = Finish("stop", Usage(12, len(WORDS)))  # the fake's input_tokens and words
 SSE = {"Content-Type": "text/event-stream"}
 
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session made the way pollex makes Claude's: it carries the key."""
     async with make_session(1.0, session_headers(KEY)) as s:
         yield s
 
 
 def claude(session: aiohttp.ClientSession, url: str = BASE, key: str = KEY) -> ClaudeAdapter:
-    return ClaudeAdapter(session, key, MODEL, url)
+    return make_claude(session, url, MODEL, api_key=key)
 
 
 def event(name: str | None, data: Any) -> bytes:
@@ -45,7 +50,7 @@ def event(name: str | None, data: Any) -> bytes:
 
 
 def start(input_tokens: int = 12) -> bytes:
-    message = {"type": "message", "role": "assistant", "content": []}
+    message: dict[str, Any] = {"type": "message", "role": "assistant", "content": []}
     message["usage"] = {"input_tokens": input_tokens, "output_tokens": 1}
     return event("message_start", {"type": "message_start", "message": message})
 
@@ -65,6 +70,13 @@ def message_delta(stop_reason: str | None = "end_turn", output_tokens: int = 2) 
 
 
 STOP = event("message_stop", {"type": "message_stop"})
+# The same events without `event:` lines: the name is read from `type`.
+TYPE_ONLY: list[dict[str, Any]] = [
+    {"type": "message_start", "message": {"usage": {"input_tokens": 5}}},
+    {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "I"}},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}},
+    {"type": "message_stop"},
+]
 PING = event("ping", {"type": "ping"})
 
 
@@ -72,17 +84,7 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_1"}
 
 
-# --- identity and probe ----------------------------------------------------------------------
-
-
-async def test_identity(session: aiohttp.ClientSession) -> None:
-    adapter = ClaudeAdapter(session, KEY, "claude-test", first_token_timeout_s=9.0)
-    assert (adapter.id, adapter.name, adapter.provider) == (
-        "claude-test",
-        "Claude (claude-test)",
-        "claude",
-    )
-    assert adapter.first_token_timeout_s == 9.0
+# --- the key ---------------------------------------------------------------------------------
 
 
 def test_session_headers() -> None:
@@ -109,55 +111,43 @@ async def test_probe_after_the_key_was_rejected(
     assert await adapter.probe() == ProbeResult(False, "API key rejected")
 
 
-# --- request shape (aioresponses) -----------------------------------------------------------
+@pytest.mark.parametrize("status", [401, 400, 403, 404, 408, 409, 413, 429, 500, 502, 503, 529])
+async def test_only_401_rejects_the_key(
+    mock: aioresponses, session: aiohttp.ClientSession, status: int
+) -> None:
+    """Every status of test_http_adapters' Anthropic table; only 401 turns the probe off."""
+    adapter = claude(session)
+    mock.post(str(MESSAGES_URL), status=status, body=json.dumps(error_body("some_error", "no")))
+    _, error = await collect_error(adapter)
+    assert error.kind == "status"
+    assert (await adapter.probe()).available is (status != 401)
 
 
-def expected_body(*, stream: bool, system: str | None = SYSTEM) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": MODEL,
-        "max_tokens": 64,
-        "messages": [{"role": "user", "content": TEXT}],
-        "stream": stream,
-        "temperature": 0.0,
-    }
-    if system is not None:
-        body["system"] = system
-    return body
+# --- request headers and the system prompt ---------------------------------------------------
 
 
-@pytest.mark.parametrize("base", [BASE, BASE + "/"])
-async def test_stream_request_shape(
-    mock: aioresponses, session: aiohttp.ClientSession, base: str
+async def test_stream_request_carries_the_key(
+    mock: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     mock.post(str(MESSAGES_URL), body=start() + delta("I went") + STOP, headers=SSE)
-    chunks, _ = await collect(claude(session, base))
+    chunks, _ = await collect(claude(session))
     [call] = mock.requests[("POST", MESSAGES_URL)]
     assert chunks == ["I went"]
-    assert call.kwargs["json"] == expected_body(stream=True)
     headers = CIMultiDict(call.kwargs["headers"])
     assert headers["x-api-key"] == KEY
     assert headers["anthropic-version"] == API_VERSION
 
 
-async def test_complete_request_shape_and_answer(
-    mock: aioresponses, session: aiohttp.ClientSession
+async def test_stream_request_carries_the_key_over_the_wire(
+    session: aiohttp.ClientSession, anthropic: Any
 ) -> None:
-    answer = {
-        "type": "message",
-        "content": [
-            {"type": "text", "text": "I went"},
-            {"type": "tool_use", "id": "x", "name": "t", "input": {}},
-            {"type": "text", "text": " home."},
-        ],
-        "stop_reason": "max_tokens",
-        "usage": {"input_tokens": 30, "output_tokens": 64},
-    }
-    mock.post(str(MESSAGES_URL), payload=answer)
-    result = await claude(session).complete(CHAT)
-    [call] = mock.requests[("POST", MESSAGES_URL)]
-    assert call.kwargs["json"] == expected_body(stream=False)
-    assert CIMultiDict(call.kwargs["headers"])["x-api-key"] == KEY
-    assert result == Completion("I went home.", Finish("length", Usage(30, 64)))
+    chunks, finish = await collect(claude(session, anthropic.url))
+    assert chunks == list(WORDS)
+    assert finish == Finish("stop", Usage(12, len(WORDS)), ended=True)
+    headers = CIMultiDict(anthropic.fake.headers[0])
+    assert headers["x-api-key"] == KEY
+    assert headers["anthropic-version"] == API_VERSION
+    assert headers["content-type"].startswith("application/json")
 
 
 @pytest.mark.parametrize(
@@ -194,124 +184,11 @@ async def test_system_prompt_is_top_level(
     await collect(claude(session), ChatRequest(messages, 64))
     [call] = mock.requests[("POST", MESSAGES_URL)]
     body = call.kwargs["json"]
-    assert body.get("system") == system
+    assert ("system" in body, body.get("system")) == (system is not None, system)
     assert [(m["role"], m["content"]) for m in body["messages"]] == sent
 
 
-# --- non-200 answers -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "message", "failover", "marks_down"),
-    [
-        (529, error_body("overloaded_error", "Overloaded"), "Overloaded", True, True),
-        (429, error_body("rate_limit_error", "Rate limited"), "Rate limited", True, True),
-        (500, error_body("api_error", "Internal error"), "Internal error", True, True),
-        (503, error_body("api_error", "Unavailable"), "Unavailable", True, True),
-        (408, error_body("timeout_error", "Timeout"), "Timeout", True, True),
-        (409, error_body("conflict", "Conflict"), "Conflict", True, True),
-        (400, error_body("invalid_request_error", "max_tokens: bad"), "max_tokens", False, False),
-        (401, error_body("authentication_error", "invalid x-api-key"), "x-api-key", False, True),
-        (403, error_body("permission_error", "Forbidden"), "Forbidden", False, False),
-        (404, error_body("not_found_error", "model: nope"), "model: nope", False, False),
-        (413, error_body("request_too_large", "Too large"), "Too large", False, False),
-        (502, "<html><h1>502 Bad Gateway</h1></html>", "502 Bad Gateway", True, True),
-        (400, {"error": "a string"}, '{"error": "a string"}', False, False),
-    ],
-)
-@pytest.mark.parametrize("mode", ["stream", "complete"])
-async def test_status_error(
-    mock: aioresponses,
-    session: aiohttp.ClientSession,
-    mode: str,
-    status: int,
-    body: Any,
-    message: str,
-    failover: bool,
-    marks_down: bool,
-) -> None:
-    adapter = claude(session)
-    text = body if isinstance(body, str) else json.dumps(body)
-    mock.post(str(MESSAGES_URL), status=status, body=text)
-    with pytest.raises(UpstreamError) as info:
-        if mode == "stream":
-            await collect(adapter)
-        else:
-            await adapter.complete(CHAT)
-    error = info.value
-    assert message in str(error)
-    assert str(error).startswith("anthropic: ")
-    assert str(error).endswith(f"(HTTP {status})")
-    assert (error.kind, error.failover, error.marks_down) == ("status", failover, marks_down)
-    assert (await adapter.probe()).available is (status != 401)
-
-
-@pytest.mark.parametrize(
-    ("state", "message", "failover"),
-    [
-        ("overloaded", "anthropic: Overloaded (HTTP 529)", True),
-        ("unauthorized", "anthropic: invalid x-api-key (HTTP 401)", False),
-    ],
-)
-@pytest.mark.parametrize("mode", ["stream", "complete"])
-async def test_status_error_over_the_wire(
-    session: aiohttp.ClientSession,
-    anthropic: Any,
-    mode: str,
-    state: str,
-    message: str,
-    failover: bool,
-) -> None:
-    anthropic.fake.state = state
-    adapter = claude(session, anthropic.url)
-    with pytest.raises(UpstreamError) as info:
-        if mode == "stream":
-            await collect(adapter)
-        else:
-            await adapter.complete(CHAT)
-    assert str(info.value) == message
-    assert (info.value.failover, info.value.marks_down) == (failover, True)
-
-
-# --- malformed 200 answers -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("body", "kind", "message"),
-    [
-        pytest.param("<html>proxy error</html>", "protocol", "not JSON", id="html"),
-        pytest.param('{"content": [', "protocol", "not JSON", id="truncated-json"),
-        pytest.param("[]", "protocol", "not an object", id="json-list"),
-        pytest.param('{"content": []}', "protocol", "empty content", id="no-blocks"),
-        pytest.param("{}", "protocol", "empty content", id="no-content"),
-        pytest.param(
-            '{"content": [{"type": "text", "text": ""}]}', "protocol", "empty content", id="empty"
-        ),
-        pytest.param(
-            '{"content": [{"type": "thinking", "thinking": "hm"}]}',
-            "protocol",
-            "empty content",
-            id="no-text-block",
-        ),
-        pytest.param(
-            json.dumps(error_body("overloaded_error", "Overloaded")),
-            "status",
-            "anthropic: Overloaded (overloaded_error)",
-            id="error-in-200",
-        ),
-    ],
-)
-async def test_complete_malformed(
-    mock: aioresponses, session: aiohttp.ClientSession, body: str, kind: str, message: str
-) -> None:
-    mock.post(str(MESSAGES_URL), body=body)
-    with pytest.raises(UpstreamError) as info:
-        await claude(session).complete(CHAT)
-    assert info.value.kind == kind
-    assert message in str(info.value)
-
-
-# --- stream events (aioresponses) -----------------------------------------------------------
+# --- stream events (aioresponses) ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -320,36 +197,30 @@ async def test_complete_malformed(
         pytest.param(
             start() + PING + delta("I") + delta(" went") + message_delta() + STOP,
             ["I", " went"],
-            Finish("stop", Usage(12, 2)),
+            Finish("stop", Usage(12, 2), ended=True),
             id="named-events",
         ),
         pytest.param(
-            b"".join(
-                event(None, {"type": t, **d})
-                for t, d in [
-                    ("message_start", {"message": {"usage": {"input_tokens": 5}}}),
-                    ("content_block_delta", {"delta": {"type": "text_delta", "text": "I"}}),
-                    ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {}}),
-                    ("message_stop", {}),
-                ]
-            ),
+            b"".join(event(None, data) for data in TYPE_ONLY),
             ["I"],
-            Finish("stop", Usage(5, 0)),
+            Finish("stop", Usage(5, 0), ended=True),
             id="type-only-no-event-lines",
         ),
         pytest.param(
             start() + delta("I") + message_delta("max_tokens", 64) + STOP,
             ["I"],
-            Finish("length", Usage(12, 64)),
+            Finish("length", Usage(12, 64), ended=True),
             id="max-tokens",
         ),
         pytest.param(
             start() + delta("I") + message_delta("stop_sequence", 3) + STOP,
             ["I"],
-            Finish("stop", Usage(12, 3)),
+            Finish("stop", Usage(12, 3), ended=True),
             id="stop-sequence",
         ),
-        pytest.param(start() + delta("I") + STOP, ["I"], Finish("stop", Usage(12, 0)), id="bare"),
+        pytest.param(
+            start() + delta("I") + STOP, ["I"], Finish("stop", Usage(12, 0), ended=True), id="bare"
+        ),
         pytest.param(
             start()
             + delta("hm", "thinking_delta")
@@ -361,7 +232,7 @@ async def test_complete_malformed(
             + message_delta()
             + STOP,
             ["I"],
-            Finish("stop", Usage(12, 2)),
+            Finish("stop", Usage(12, 2), ended=True),
             id="ignored-events",
         ),
         pytest.param(
@@ -369,19 +240,19 @@ async def test_complete_malformed(
                 b"\n", b"\r\n"
             ),
             ["I"],
-            Finish("stop", Usage(12, 2)),
+            Finish("stop", Usage(12, 2), ended=True),
             id="CRLF-and-comments",
         ),
         pytest.param(
             (start() + delta("I") + message_delta() + STOP).replace(b"\n", b"\r"),
             ["I"],
-            Finish("stop", Usage(12, 2)),
+            Finish("stop", Usage(12, 2), ended=True),
             id="CR",
         ),
         pytest.param(
             start() + delta("I") + message_delta() + STOP + delta("late"),
             ["I"],
-            Finish("stop", Usage(12, 2)),
+            Finish("stop", Usage(12, 2), ended=True),
             id="nothing-after-stop",
         ),
     ],
@@ -398,32 +269,88 @@ async def test_stream_events(
 
 
 @pytest.mark.parametrize(
-    ("body", "kind", "message", "failover"),
+    ("body", "kind", "message", "failover", "marks_down"),
     [
         pytest.param(
             start() + delta("I") + event("error", error_body("overloaded_error", "Overloaded")),
             "status",
             "anthropic: Overloaded (overloaded_error)",
             True,
+            True,
             id="overloaded",
+        ),
+        pytest.param(
+            start() + event("error", error_body("api_error", "Internal")),
+            "status",
+            "anthropic: Internal (api_error)",
+            True,
+            True,
+            id="api-error",
+        ),
+        pytest.param(
+            start() + event("error", error_body("rate_limit_error", "Slow down")),
+            "status",
+            "anthropic: Slow down (rate_limit_error)",
+            True,
+            True,
+            id="rate-limit",
         ),
         pytest.param(
             start() + event("error", error_body("invalid_request_error", "bad")),
             "status",
             "anthropic: bad (invalid_request_error)",
             False,
+            False,
             id="invalid-request",
         ),
         pytest.param(
-            start() + event("error", {"type": "error"}), "status", "anthropic: error", False
+            start() + event(None, error_body("overloaded_error", "Overloaded")),
+            "status",
+            "anthropic: Overloaded (overloaded_error)",
+            True,
+            True,
+            id="type-only-error",
         ),
-        pytest.param(start() + delta("I"), "protocol", "before message_stop", True, id="eof"),
-        pytest.param(start() + b"event: ping\ndata: {\n\n", "protocol", "not JSON", True),
         pytest.param(
-            start() + event("content_block_delta", [1]), "protocol", "not an object", True
+            start() + event("error", {"type": "error"}),
+            "status",
+            "anthropic: error (error)",
+            False,
+            False,
+            id="error-without-details",
         ),
-        pytest.param(b"<html>proxy error</html>", "protocol", "before message_stop", True),
-        pytest.param(start() + delta("I") + STOP.rstrip(b"\n"), "protocol", "message_stop", True),
+        pytest.param(
+            start() + b"event: ping\ndata: {\n\n",
+            "protocol",
+            "anthropic sent an event that is not JSON",
+            True,
+            True,
+            id="not-json",
+        ),
+        pytest.param(
+            start() + event("content_block_delta", [1]),
+            "protocol",
+            "anthropic sent JSON that is not an object",
+            True,
+            True,
+            id="not-an-object",
+        ),
+        pytest.param(
+            start() + delta("I") + message_delta(),
+            "protocol",
+            "anthropic stream ended before message_stop",
+            True,
+            True,
+            id="eof-after-message-delta",
+        ),
+        pytest.param(
+            start() + delta("I") + STOP.rstrip(b"\n"),
+            "protocol",
+            "anthropic stream ended before message_stop",
+            True,
+            True,
+            id="unterminated-stop",
+        ),
     ],
 )
 async def test_stream_errors(
@@ -433,100 +360,10 @@ async def test_stream_errors(
     kind: str,
     message: str,
     failover: bool,
+    marks_down: bool,
 ) -> None:
     mock.post(str(MESSAGES_URL), body=body, headers=SSE)
     _, error = await collect_error(claude(session))
     assert error.kind == kind
-    assert message in str(error)
-    assert error.failover is failover
-
-
-async def test_stream_line_too_long(mock: aioresponses, session: aiohttp.ClientSession) -> None:
-    mock.post(str(MESSAGES_URL), body=start() + b"data: " + b"x" * 300, headers=SSE)
-    adapter = ClaudeAdapter(session, KEY, MODEL, BASE, max_line_bytes=200)
-    _, error = await collect_error(adapter)
-    assert (error.kind, error.marks_down) == ("protocol", False)
-
-
-# --- streaming over the wire -----------------------------------------------------------------
-
-
-async def test_stream(session: aiohttp.ClientSession, anthropic: Any) -> None:
-    chunks, finish = await collect(claude(session, anthropic.url))
-    assert chunks == list(WORDS)
-    assert finish == FAKE_FINISH
-    assert anthropic.fake.requests == [expected_body(stream=True)]
-    headers = CIMultiDict(anthropic.fake.headers[0])
-    assert headers["x-api-key"] == KEY
-    assert headers["anthropic-version"] == API_VERSION
-    assert headers["content-type"].startswith("application/json")
-
-
-async def test_complete_over_the_wire(session: aiohttp.ClientSession, anthropic: Any) -> None:
-    result = await claude(session, anthropic.url).complete(CHAT)
-    assert result == Completion("".join(WORDS), FAKE_FINISH)
-    assert anthropic.fake.requests == [expected_body(stream=False)]
-
-
-async def test_stream_is_not_buffered(session: aiohttp.ClientSession, anthropic: Any) -> None:
-    anthropic.fake.gate = asyncio.Event()
-    anthropic.fake.gate_after = 4  # message_start, content_block_start, ping, first delta
-    finish = Finish()
-    stream = claude(session, anthropic.url).stream(CHAT, finish)
-    first = await asyncio.wait_for(stream.__anext__(), 2)
-    assert first == WORDS[0]
-    assert not anthropic.fake.gate.is_set()
-    anthropic.fake.gate.set()
-    assert [first] + [chunk async for chunk in stream] == list(WORDS)
-    assert finish == FAKE_FINISH
-
-
-async def test_stream_mid_stream_error(session: aiohttp.ClientSession, anthropic: Any) -> None:
-    anthropic.fake.mid_stream_error = True
-    chunks, error = await collect_error(claude(session, anthropic.url))
-    assert chunks == list(WORDS[:2])
-    assert str(error) == "anthropic: Overloaded (overloaded_error)"
-    assert (error.kind, error.failover, error.marks_down) == ("status", True, True)
-
-
-@pytest.mark.parametrize("cut_after", [2, 5, 3 + len(WORDS) + 2])
-async def test_stream_cut(session: aiohttp.ClientSession, anthropic: Any, cut_after: int) -> None:
-    """Cut in the preamble, mid-answer, and after message_delta (before message_stop)."""
-    anthropic.fake.cut_after = cut_after
-    chunks, error = await collect_error(claude(session, anthropic.url))
-    # aiohttp drops what it buffered when the cut arrives with it: a prefix, never more.
-    assert chunks == list(WORDS[: len(chunks)])
-    assert error.kind == "protocol"
-
-
-# --- cancellation ----------------------------------------------------------------------------
-
-
-async def test_closing_the_stream_closes_the_upstream(
-    session: aiohttp.ClientSession, anthropic: Any
-) -> None:
-    anthropic.fake.chunk_delay = 0.05
-    stream = claude(session, anthropic.url).stream(CHAT, Finish())
-    assert await stream.__anext__() == WORDS[0]
-    await stream.aclose()
-    await asyncio.wait_for(anthropic.fake.cancelled.wait(), 2)
-    assert anthropic.fake.streams_completed == 0
-
-
-async def test_cancelling_the_consumer_closes_the_upstream(
-    session: aiohttp.ClientSession, anthropic: Any
-) -> None:
-    anthropic.fake.chunk_delay = 0.05
-    got_first = asyncio.Event()
-
-    async def consume() -> None:
-        async for _ in claude(session, anthropic.url).stream(CHAT, Finish()):
-            got_first.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_first.wait(), 2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.wait_for(anthropic.fake.cancelled.wait(), 2)
-    assert anthropic.fake.streams_completed == 0
+    assert str(error) == message
+    assert (error.failover, error.marks_down) == (failover, marks_down)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import mock_adapter
 
-from pollex.adapters import ChatRequest, Completion, Finish, Message, ProbeResult, Usage
+from pollex.adapters import ChatRequest, Finish, Message, ProbeResult, Usage
 from pollex.adapters.mock import MockAdapter, tidy
 
 SYSTEM = "Fix grammar."
@@ -26,6 +27,7 @@ async def test_identity_and_probe() -> None:
     assert (adapter.id, adapter.provider, adapter.name) == ("mock", "mock", "Mock")
     assert adapter.first_token_timeout_s == 4.0
     assert await adapter.probe() == ProbeResult(True)
+    assert await collect(adapter, chat("a")) == (["A."], Finish("stop", Usage(1, 1), ended=True))
 
 
 @pytest.mark.parametrize(
@@ -49,16 +51,16 @@ def test_tidy(text: str, expected: str) -> None:
 
 
 async def test_stream_word_by_word() -> None:
-    chunks, finish = await collect(MockAdapter(), chat("i went to the store yesterday"))
+    chunks, finish = await collect(mock_adapter(), chat("i went to the store yesterday"))
     assert chunks == ["I ", "went ", "to ", "the ", "store ", "yesterday."]
-    assert finish == Finish("stop", Usage(6, 6))
+    assert finish == Finish("stop", Usage(6, 6), ended=True)
 
 
 async def test_stream_uses_the_last_message() -> None:
     request = ChatRequest((Message("system", "ignored words here"), Message("user", "a b")), 10)
-    chunks, finish = await collect(MockAdapter(), request)
+    chunks, finish = await collect(mock_adapter(), request)
     assert "".join(chunks) == "A b."
-    assert finish.usage == Usage(2, 2)
+    assert finish == Finish("stop", Usage(2, 2), ended=True)
 
 
 @pytest.mark.parametrize(
@@ -71,23 +73,20 @@ async def test_stream_uses_the_last_message() -> None:
     ],
 )
 async def test_stream_max_tokens(max_tokens: int, text: str, reason: str, usage: Usage) -> None:
-    chunks, finish = await collect(MockAdapter(), chat("i went to the store yesterday", max_tokens))
+    chunks, finish = await collect(
+        mock_adapter(), chat("i went to the store yesterday", max_tokens)
+    )
     assert "".join(chunks).rstrip() == text.rstrip()
-    assert finish == Finish(reason, usage)
+    assert finish == Finish(reason, usage, ended=True)  # a cut at max_tokens is an end
 
 
 async def test_stream_empty_text() -> None:
-    assert await collect(MockAdapter(), chat("")) == ([], Finish("stop", Usage(0, 0)))
-
-
-async def test_complete_is_the_joined_stream() -> None:
-    result = await MockAdapter().complete(chat("i went to the store yesterday"))
-    assert result == Completion("I went to the store yesterday.", Finish("stop", Usage(6, 6)))
+    assert await collect(mock_adapter(), chat("")) == ([], Finish("stop", Usage(0, 0), ended=True))
 
 
 async def test_delay_paces_the_stream_and_closing_stops_it() -> None:
     loop = asyncio.get_running_loop()
-    adapter = MockAdapter(delay_s=0.01)
+    adapter = mock_adapter(delay_s=0.01)
     finish = Finish()
     stream = adapter.stream(chat("one two three four five six seven eight"), finish)
     started = loop.time()
@@ -95,15 +94,15 @@ async def test_delay_paces_the_stream_and_closing_stops_it() -> None:
     assert await stream.__anext__() == "two "
     assert loop.time() - started >= 0.015
     await stream.aclose()
-    assert finish.reason is None  # never finished: no end marker, no usage
-    assert finish.usage is None
+    assert finish == Finish()  # never finished: no end marker, no reason, no usage
 
 
 async def test_cancelling_a_slow_stream() -> None:
     got_first = asyncio.Event()
+    finish = Finish()
 
     async def consume() -> None:
-        async for _ in MockAdapter(delay_s=0.05).stream(chat("a b c d e f"), Finish()):
+        async for _ in mock_adapter(delay_s=0.05).stream(chat("a b c d e f"), finish):
             got_first.set()
 
     task = asyncio.create_task(consume())
@@ -111,3 +110,4 @@ async def test_cancelling_a_slow_stream() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert not finish.ended

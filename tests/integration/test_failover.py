@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import collect_events
 from fakes import closed_port_url
+from helpers import collect_events
 
 GPU = "qwen2.5:1.5b-gpu"
 CPU = "qwen2.5:1.5b"
@@ -35,7 +35,7 @@ async def polish(client: Any, **body: Any) -> tuple[int, dict[str, Any]]:
 
 
 def failovers(client: Any, source: str, target: str) -> float:
-    from pollex.keys import METRICS
+    from pollex.web.keys import METRICS
 
     value = client.app[METRICS].registry.get_sample_value(
         "pollex_failovers_total", {"from_adapter": source, "to_adapter": target}
@@ -128,7 +128,7 @@ async def test_recovers_to_llama_server_when_it_comes_back(
 
 
 def _routable(client: Any, adapter_id: str) -> bool:
-    from pollex.keys import AVAILABILITY
+    from pollex.web.keys import AVAILABILITY
 
     return bool(client.app[AVAILABILITY].is_routable(adapter_id))
 

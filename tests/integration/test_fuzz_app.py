@@ -27,14 +27,14 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from conftest import fast_config
+from helpers import fast_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
+from pollex.adapters import Backends
 from pollex.adapters.mock import MockAdapter
-from pollex.app import create_app
-from pollex.router import Backends
+from pollex.web.app import create_app
 
 API_KEY = "fuzz-key-0123456789"
 MAX_TEXT = 10000  # pollex's default max_text_chars

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from captures import load
-from conftest import collect_events
+from helpers import collect_events
 from test_failover import CPU, GPU, _routable
 
 ROLE = load("chat-stream.http").events()[0]

@@ -14,8 +14,8 @@ import pytest
 from fakes import closed_port_url
 
 from pollex.adapters.mock import tidy
-from pollex.app import load_prompt
-from pollex.keys import IN_FLIGHT, METRICS
+from pollex.web.app import load_prompt
+from pollex.web.keys import IN_FLIGHT, METRICS
 
 GPU = "qwen2.5:1.5b-gpu"
 CPU = "qwen2.5:1.5b"

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import collect_events, sse_events
+from helpers import collect_events, sse_events
 
-from pollex.app import load_prompt
+from pollex.web.app import load_prompt
 
 CAPTURED_TEXT = "i goes to store yesterday"  # what the captured llama-server stream says
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from test_failover import eventually
 
-from pollex.keys import METRICS
+from pollex.web.keys import METRICS
 
 KEY = "s3cret-key"
 

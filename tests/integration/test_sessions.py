@@ -7,11 +7,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import fast_config
+from helpers import fast_config
 
 from pollex.adapters import http
-from pollex.app import create_app
-from pollex.keys import BACKENDS
+from pollex.web.app import create_app
+from pollex.web.keys import BACKENDS
 
 
 async def test_one_session_per_adapter_reused_and_closed(
@@ -25,7 +25,7 @@ async def test_one_session_per_adapter_reused_and_closed(
         created.append(session)
         return session
 
-    monkeypatch.setattr("pollex.backends.make_session", counting)
+    monkeypatch.setattr("pollex.adapters.providers.make_session", counting)
     app = create_app(fast_config(llamacpp_url=llama.url, ollama_url=ollama.url))
     server = TestServer(app)
     await server.start_server()

@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import fast_config
 from fakes import closed_port_url
+from helpers import fast_config
 
 from pollex.server import serve
 

@@ -26,7 +26,7 @@ import httpx
 import httpx_sse
 import pytest
 
-from pollex.keys import AVAILABILITY
+from pollex.web.keys import AVAILABILITY
 
 pytestmark = pytest.mark.soak
 

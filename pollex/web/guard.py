@@ -1,4 +1,4 @@
-"""Who may ask: the API key check and the per-client rate limit (design §5).
+"""Who may ask: the API key check and the per-client rate limit (docs/architecture.md).
 
 Order: auth, then rate limit. A request with a valid key is never limited; one refused
 for a missing or wrong key still counts against its client's window, so guessing keys
@@ -8,7 +8,6 @@ ends in 429. Health, metrics and CORS preflights are exempt from both.
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -108,7 +107,3 @@ class SlidingWindowLimiter:
             if oldest and oldest[-1] > horizon:
                 return
             self._clients.popitem(last=False)
-
-
-def retry_after_header(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(math.ceil(seconds))}

@@ -1,4 +1,5 @@
-"""Per-request plumbing: request id, one access-log line, request metrics, CORS, JSON errors."""
+"""Per-request plumbing: request id, one access-log line, request metrics, CORS, the guard,
+and the boundary where exceptions become JSON error answers."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from pollex.errors import PollexError
-from pollex.guard import client_ip, is_exempt, key_is_valid, presented_key, retry_after_header
-from pollex.http_errors import error_response
-from pollex.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
+from pollex.errors import PollexError, RateLimited, Unauthorized
+from pollex.web.errors import error_response, failure_response
+from pollex.web.guard import client_ip, is_exempt, key_is_valid, presented_key
+from pollex.web.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
 
 log = structlog.get_logger("pollex.access")
 
@@ -41,7 +42,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=request_id)
     status = 500
     try:
-        response = await _json_errors(request, handler)
+        response = await _answer(request, handler)
         status = response.status
         return response
     except asyncio.CancelledError:
@@ -50,7 +51,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         route = route_of(request)
-        request.app[METRICS].requests.labels(request.method, route, str(status)).inc()
+        request.config_dict[METRICS].requests.labels(request.method, route, str(status)).inc()
         log.info(
             "request",
             method=request.method,
@@ -62,13 +63,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "OPTIONS":
         return web.Response(status=204)
     try:
         return await handler(request)
     except PollexError as exc:
-        return error_response(request, exc.status, exc.message)
+        return failure_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -81,23 +82,21 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API key, then rate limit; see pollex.guard for the rules."""
+    """API key, then rate limit; see pollex.web.guard for the rules."""
     if is_exempt(request):
         return await handler(request)
-    config = request.app[CONFIG]
+    config = request.config_dict[CONFIG]
     refusal: str | None = None
     if config.api_key:
         key = presented_key(request)
         if key is not None and key_is_valid(key, config.api_key):
             return await handler(request)
         refusal = "missing API key" if key is None else "invalid API key"
-    wait = request.app[LIMITER].hit(client_ip(request, config.trust_proxy_headers))
+    wait = request.config_dict[LIMITER].hit(client_ip(request, config.trust_proxy_headers))
     if wait is not None:
-        request[LOG_FIELDS]["outcome"] = "rate_limited"
-        return error_response(request, 429, "rate limit exceeded", headers=retry_after_header(wait))
+        raise RateLimited(wait)
     if refusal is not None:
-        request[LOG_FIELDS]["outcome"] = "unauthorized"
-        return error_response(request, 401, refusal)
+        raise Unauthorized(refusal)
     return await handler(request)
 
 
@@ -116,7 +115,7 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
-    response.headers["Access-Control-Allow-Origin"] = request.app[CONFIG].cors_origin
+    response.headers["Access-Control-Allow-Origin"] = request.config_dict[CONFIG].cors_origin
     response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
     response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-API-Key, Authorization"
     response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from pollex.watchdog import Watchdog
+from pollex.routing.watchdog import Watchdog
 
 
 class InFlight:

@@ -7,41 +7,28 @@ ends the answer (`StreamBroken`), so two models' outputs are never spliced toget
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-from pollex.adapters import Adapter, ChatRequest, Finish
-from pollex.availability import Availability
+from pollex.adapters import Adapter, Backends, ChatRequest, Finish
 from pollex.errors import (
     NoAdapterServed,
     OutputTooLong,
-    PollexError,
+    RequestTimeout,
+    ServerShuttingDown,
     StreamBroken,
+    UnknownModel,
     UpstreamError,
 )
 from pollex.metrics import Metrics
-from pollex.watchdog import SHUTDOWN, TOTAL, Watchdog
-
-
-class UnknownModel(PollexError):
-    status = 400
-
-
-class RequestTimeout(PollexError):
-    status = 504
-
-
-class ServerShuttingDown(PollexError):
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__("server shutting down")
+from pollex.routing.availability import Availability
+from pollex.routing.watchdog import SHUTDOWN, TOTAL, Watchdog
 
 
 class Sink(Protocol):
-    """Where the served answer goes: the SSE writer or the JSON collector."""
+    """Where a streamed answer goes as it is produced (the web face's stream writer)."""
 
     async def start(self, adapter: Adapter, fallback_from: str | None) -> None: ...
 
@@ -60,22 +47,13 @@ class Plan:
 
 @dataclass(frozen=True)
 class Served:
+    """The whole answer; `first_chunk_at` is when its first chunk arrived (perf_counter)."""
+
     adapter: Adapter
     fallback_from: str | None
     text: str
     finish: Finish
-
-
-class Backends:
-    """The registered adapters: by id, and the failover chain."""
-
-    def __init__(self, adapters: Sequence[Adapter], chain: Sequence[Adapter]) -> None:
-        self.by_id = {a.id: a for a in adapters}
-        self.chain = tuple(chain)
-
-    def listed(self) -> list[Adapter]:
-        """Chain order first, then adapters only reachable by `model_id`."""
-        return [*self.chain, *(a for a in self.by_id.values() if a not in self.chain)]
+    first_chunk_at: float
 
 
 class Router:
@@ -86,11 +64,14 @@ class Router:
         metrics: Metrics,
         *,
         max_output_chars: int,
+        retry_after_s: float,
     ) -> None:
         self._backends = backends
         self._availability = availability
         self._metrics = metrics
         self._max_output_chars = max_output_chars
+        # What a client that found no backend should wait: by then the probes looked again.
+        self._retry_after_s = retry_after_s
 
     def plan(self, model_id: str | None, fallback: bool) -> Plan:
         """The adapters to try in order. Raises `UnknownModel` before anything is sent."""
@@ -107,7 +88,12 @@ class Router:
         live = [a for a in order if self._availability.is_routable(a.id)]
         return Plan(intended, tuple(live or order))
 
-    async def serve(self, plan: Plan, chat: ChatRequest, sink: Sink, watchdog: Watchdog) -> Served:
+    async def serve(
+        self, plan: Plan, chat: ChatRequest, sink: Sink | None, watchdog: Watchdog
+    ) -> Served:
+        """The answer of the first candidate that gives one; `sink` (if any) sees it as it
+        streams. Raises `NoAdapterServed` when every candidate failed before its first
+        chunk, `StreamBroken` when one failed after it."""
         failures: list[tuple[str, str]] = []
         previous: Adapter | None = plan.intended if plan.skipped else None
         for adapter in plan.candidates:
@@ -121,19 +107,20 @@ class Router:
                 if not exc.failover:
                     raise
                 failures.append((adapter.name, exc.message))
-        raise NoAdapterServed(failures)
+        raise NoAdapterServed(failures, self._retry_after_s)
 
     async def _attempt(
         self,
         adapter: Adapter,
         fallback_from: str | None,
         chat: ChatRequest,
-        sink: Sink,
+        sink: Sink | None,
         watchdog: Watchdog,
     ) -> Served:
         finish = Finish()
         parts: list[str] = []
         chars = 0
+        first_chunk_at = 0.0
         watchdog.begin_attempt(adapter.first_token_timeout_s)
         stop_listening = self._availability.on_down(adapter.id, watchdog.abort)
         try:
@@ -141,14 +128,17 @@ class Router:
                 async for chunk in chunks:
                     watchdog.progress()
                     if not parts:
+                        first_chunk_at = time.perf_counter()
                         stop_listening()
                         self._availability.streaming(adapter.id, +1)
-                        await sink.start(adapter, fallback_from)
+                        if sink is not None:
+                            await sink.start(adapter, fallback_from)
                     parts.append(chunk)
                     chars += len(chunk)
                     if chars > self._max_output_chars:
                         raise OutputTooLong()
-                    await sink.text(chunk)
+                    if sink is not None:
+                        await sink.text(chunk)
         except asyncio.CancelledError:
             stop_listening()
             reason = watchdog.take_expiry()
@@ -157,7 +147,7 @@ class Router:
             if reason == TOTAL:
                 raise RequestTimeout("request timeout") from None
             if reason == SHUTDOWN:
-                raise ServerShuttingDown() from None
+                raise ServerShuttingDown(self._retry_after_s) from None
             error = self._timeout_error(adapter, reason)
             self._failed(adapter, error)
             raise (StreamBroken(error) if parts else error) from None
@@ -178,7 +168,7 @@ class Router:
             self._failed(adapter, error)
             raise error
         self._availability.mark_up(adapter)
-        return Served(adapter, fallback_from, "".join(parts), finish)
+        return Served(adapter, fallback_from, "".join(parts), finish, first_chunk_at)
 
     def _timeout_error(self, adapter: Adapter, reason: str) -> UpstreamError:
         if reason == "first_token":

@@ -98,9 +98,6 @@ class Availability:
         """Probe every adapter concurrently, for ever (cancelled at shutdown)."""
         await asyncio.gather(*(self._probe_loop(a) for a in self._adapters))
 
-    async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(a) for a in self._adapters))
-
     async def _probe_loop(self, adapter: Adapter) -> None:
         while True:
             await self.probe(adapter)

@@ -1,8 +1,9 @@
-"""Server-Sent Events to pollex's clients: the wire format and the keep-alive.
+"""Server-Sent Events to pollex's clients: the framing, the keep-alive, the deferred headers.
 
 Written by hand rather than with aiohttp-sse: its ping is periodic whatever was written
 and is spelled `: ping`, which Continue's parser mistakes for the end of a message
-(upstreams.md §4); pollex sends `: keep-alive` only after `keepalive_s` of silence.
+(docs/upstreams.md); pollex sends `: keep-alive` only after `keepalive_s` of silence, and
+can hold its headers back until there is something to say.
 """
 
 from __future__ import annotations
@@ -33,24 +34,45 @@ def encode(event: str | None, data: Any) -> bytes:
 
 
 class EventStream:
-    """An SSE response whose headers go out at once and that never stays silent long."""
+    """An SSE response that never stays silent long.
 
-    def __init__(self, request: web.Request, keepalive_s: float) -> None:
+    With `defer`, the headers wait for the first write or for `keepalive_s`, whichever
+    comes first: a failure found before then (every backend known down, a pinned backend
+    refusing) is still an ordinary HTTP error with a status and `Retry-After`, which SDKs
+    turn into typed exceptions and retry. Without it, `open()` sends them at once.
+    """
+
+    def __init__(self, request: web.Request, keepalive_s: float, *, defer: bool) -> None:
         self._request = request
         self._keepalive_s = keepalive_s
         self.response = web.StreamResponse(status=200, headers=HEADERS)
         self._loop = asyncio.get_running_loop()
         self._last_write = self._loop.time()
         self._keepalive: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(keepalive_s, self._open) if defer else None
+
+    @property
+    def opened(self) -> bool:
+        """Whether the headers are out (or on their way): from now on, errors are in-band."""
+        return self._opening is not None or self._keepalive is not None
 
     async def open(self) -> None:
         await self.response.prepare(self._request)
         self._keepalive = asyncio.create_task(self._keep_alive())
 
-    async def send(self, event: str | None, data: Any) -> None:
-        await self.write(encode(event, data))
+    def _open(self) -> None:
+        if self._opening is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._opening = asyncio.create_task(self.open())
 
     async def write(self, raw: bytes) -> None:
+        if self._keepalive is None:
+            self._open()
+            assert self._opening is not None
+            # Shielded: a watchdog cancelling the handler must not leave half-sent headers.
+            await asyncio.shield(self._opening)
         self._last_write = self._loop.time()
         await self.response.write(raw)
 
@@ -62,7 +84,11 @@ class EventStream:
         socket buffer is already full is cut off at once: it has not read what it was sent,
         and aiohttp cannot wait on that buffer again after an earlier wait was cancelled.
         """
-        self.stop_keepalive()
+        if self._keepalive is None:
+            self._open()
+            assert self._opening is not None
+            await asyncio.shield(self._opening)
+        self.close()
         transport = self._request.transport
         if transport is None:
             return
@@ -70,18 +96,16 @@ class EventStream:
             transport.abort()
             return
         try:
-            await asyncio.wait_for(self._finish(last), timeout_s)
+            await asyncio.wait_for(self.response.write_eof(last), timeout_s)
         except asyncio.TimeoutError:
             transport.abort()
 
-    async def _finish(self, last: bytes) -> None:
-        self._last_write = self._loop.time()
-        await self.response.write_eof(last)
-
-    def stop_keepalive(self) -> None:
+    def close(self) -> None:
+        """No more keep-alives, and no deferred opening any more."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._keepalive is not None:
             self._keepalive.cancel()
-            self._keepalive = None
 
     async def _keep_alive(self) -> None:
         while True:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from pollex import openai_api, views
-from pollex.availability import Availability
-from pollex.backends import open_backends
+from pollex.adapters import Backends
+from pollex.adapters.providers import open_backends
 from pollex.config import Config
-from pollex.guard import SlidingWindowLimiter
-from pollex.inflight import InFlight
-from pollex.keys import (
+from pollex.metrics import Metrics
+from pollex.routing.availability import Availability
+from pollex.routing.inflight import InFlight
+from pollex.routing.router import Router
+from pollex.web import polish, status
+from pollex.web.errors import ERROR_BODY, pollex_error_body
+from pollex.web.guard import SlidingWindowLimiter
+from pollex.web.keys import (
     AVAILABILITY,
     BACKENDS,
     CONFIG,
@@ -26,9 +31,8 @@ from pollex.keys import (
     ROUTER,
     SYSTEM_PROMPT,
 )
-from pollex.metrics import Metrics
-from pollex.middleware import add_common_headers, guard, request_context
-from pollex.router import Backends, Router
+from pollex.web.middleware import add_common_headers, guard, request_context
+from pollex.web.openai import openai_app
 
 
 def load_prompt(prompt_path: str) -> str:
@@ -43,6 +47,7 @@ def create_app(config: Config, backends: Backends | None = None) -> web.Applicat
         client_max_size=config.max_body_bytes, middlewares=[request_context, guard]
     )
     app[CONFIG] = config
+    app[ERROR_BODY] = pollex_error_body
     app[LIMITER] = SlidingWindowLimiter(config.rate_limit_per_minute)
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
@@ -50,12 +55,12 @@ def create_app(config: Config, backends: Backends | None = None) -> web.Applicat
     app.cleanup_ctx.append(_backends(backends))
     app.cleanup_ctx.append(_prober)
     app.on_response_prepare.append(add_common_headers)
-    app.router.add_post("/api/polish", views.polish)
-    app.router.add_get("/api/models", views.models)
-    app.router.add_get("/api/health", views.health)
-    app.router.add_get("/health", views.health)
-    app.router.add_get("/metrics", views.metrics)
-    openai_api.add_routes(app)
+    app.router.add_post("/api/polish", polish.polish)
+    app.router.add_get("/api/models", status.models)
+    app.router.add_get("/api/health", status.health)
+    app.router.add_get("/health", status.health)
+    app.router.add_get("/metrics", status.metrics)
+    app.add_subapp("/v1", openai_app())
     return app
 
 
@@ -78,7 +83,11 @@ def _backends(
             app[BACKENDS] = backends
             app[AVAILABILITY] = availability
             app[ROUTER] = Router(
-                backends, availability, app[METRICS], max_output_chars=config.max_output_chars
+                backends,
+                availability,
+                app[METRICS],
+                max_output_chars=config.max_output_chars,
+                retry_after_s=max(1, math.ceil(config.probe_interval_s)),
             )
             yield
 

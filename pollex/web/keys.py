@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from pollex.availability import Availability
+from pollex.adapters import Backends
 from pollex.config import Config
-from pollex.guard import SlidingWindowLimiter
-from pollex.inflight import InFlight
 from pollex.metrics import Metrics
-from pollex.router import Backends, Router
+from pollex.routing.availability import Availability
+from pollex.routing.inflight import InFlight
+from pollex.routing.router import Router
+from pollex.web.guard import SlidingWindowLimiter
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)

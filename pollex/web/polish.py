@@ -1,0 +1,76 @@
+"""`POST /api/polish`: pollex's own API. Parses the request; the exchange does the rest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from pollex.adapters import ChatRequest
+from pollex.errors import BadRequest
+from pollex.web import exchange
+from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
+from pollex.web.wires import Answer, PollexWire
+
+
+@dataclass(frozen=True)
+class PolishParams:
+    text: str
+    model_id: str | None
+    stream: bool
+    fallback: bool
+
+    @classmethod
+    def parse(cls, body: Any, max_text_chars: int) -> PolishParams:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("text: required, must be a string")
+        if not text.strip():
+            raise BadRequest("text: must not be empty")
+        if len(text) > max_text_chars:
+            raise BadRequest(f"text: longer than {max_text_chars} characters")
+        model_id = body.get("model_id")
+        if model_id is not None and not isinstance(model_id, str):
+            raise BadRequest("model_id: must be a string")
+        return cls(
+            text, model_id or None, _flag(body, "stream", False), _flag(body, "fallback", True)
+        )
+
+
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name}: must be true or false")
+    return value
+
+
+async def polish(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    app = request.config_dict
+    config = app[CONFIG]
+    params = PolishParams.parse(await exchange.read_json_body(request), config.max_text_chars)
+    plan = app[ROUTER].plan(params.model_id, params.fallback)
+    chat = ChatRequest.polish(params.text, app[SYSTEM_PROMPT], config.max_output_tokens)
+    exchange.count_input(request, len(params.text))
+    if params.stream or "text/event-stream" in request.headers.get("Accept", ""):
+        wire = PollexWire(request[REQUEST_ID])
+        return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=False)
+    return await exchange.serve_json(request, plan, chat, started, _json_answer)
+
+
+def _json_answer(answer: Answer) -> dict[str, Any]:
+    """The original Go service's answer (its browser extension reads it), and more."""
+    served = answer.served
+    return {
+        "polished": served.text.strip(),
+        "model": served.adapter.id,
+        "elapsed_ms": answer.elapsed_ms,
+        "provider": served.adapter.provider,
+        "fallback_from": served.fallback_from,
+    }
