@@ -1,0 +1,1 @@
+"""Clients that speak to a running pollex over HTTP."""
