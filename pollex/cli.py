@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pollex import __version__
+from pollex.client import bench as client_bench
 from pollex.client import polish as polish_client
 from pollex.config import NO_BACKEND_MESSAGE, Config, ConfigError, load_config
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     polish = commands.add_parser("polish", help="polish FILE or stdin with a running pollex")
     polish_client.add_arguments(polish)
+
+    bench = commands.add_parser("bench", help="compare models' speed on the same texts")
+    client_bench.add_arguments(bench)
     return parser
 
 
@@ -50,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "polish":
         return polish_client.run(args)
+    if args.command == "bench":
+        return client_bench.run(args)
     try:
         config = _settings(args)
     except ConfigError as exc:
