@@ -25,6 +25,10 @@ ENV_PREFIX = "POLLEX_"
 # Variables of the `pollex polish` client that share the prefix but are not server settings.
 CLIENT_ENV = frozenset({"POLLEX_URL"})
 _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "mock": 60.0}
+# What the items of each list setting are, for error messages.
+_LIST_ITEMS = {"fallback": "provider names"}
+# List settings where a single value may be written without the list around it.
+_ONE_OR_MORE: frozenset[str] = frozenset()
 # Settings that fall back to their default when given empty (a blank environment variable).
 _DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -225,20 +229,28 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{where} must be a number of seconds, not {value!r}")
         return float(value)
     if kind is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of provider names, not {value!r}")
-        unknown = [p for p in value if p not in PROVIDERS]
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
-            )
-        return tuple(value)
+        return _coerce_list(key, value, where)
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
     choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
     if choices and value not in choices:
         raise ConfigError(f"{where} must be {' or '.join(choices)}, not {value!r}")
     return value
+
+
+def _coerce_list(key: str, value: Any, where: str) -> tuple[str, ...]:
+    """A list of strings; for the keys of `_ONE_OR_MORE`, one string is a list of one."""
+    if isinstance(value, str) and key in _ONE_OR_MORE:
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of {_LIST_ITEMS[key]}, not {value!r}")
+    if key == "fallback":
+        unknown = [p for p in value if p not in PROVIDERS]
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
+            )
+    return tuple(value)
 
 
 def _read_api_key_file(values: dict[str, Any]) -> dict[str, Any]:
