@@ -26,9 +26,11 @@ ENV_PREFIX = "POLLEX_"
 CLIENT_ENV = frozenset({"POLLEX_URL"})
 _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "mock": 60.0}
 # What the items of each list setting are, for error messages.
-_LIST_ITEMS = {"fallback": "provider names"}
+_LIST_ITEMS = {"fallback": "provider names", "llamacpp_url": "URLs", "ollama_url": "URLs"}
 # List settings where a single value may be written without the list around it.
-_ONE_OR_MORE: frozenset[str] = frozenset()
+_ONE_OR_MORE = frozenset({"llamacpp_url", "ollama_url"})
+# Numbers that may be 0 (every other number must be greater than 0).
+_MAY_BE_ZERO = frozenset({"port", "max_queue_wait_s"})
 # Settings that fall back to their default when given empty (a blank environment variable).
 _DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -44,9 +46,9 @@ class Config:
     port: int = 8090
     mock: bool = False
 
-    llamacpp_url: str = ""
+    llamacpp_url: tuple[str, ...] = ()
     llamacpp_model: str = "llama.cpp"
-    ollama_url: str = ""
+    ollama_url: tuple[str, ...] = ()
     ollama_model: str = "qwen2.5:1.5b"
     claude_api_key: str = ""
     claude_model: str = "claude-sonnet-4-5"
@@ -59,6 +61,15 @@ class Config:
     rate_limit_per_minute: int = 10
     trust_proxy_headers: bool = False
     cors_origin: str = "*"
+
+    # Capacity (docs/architecture.md, "Capacity"): slots per host, None = learned from the
+    # host (llama-server's /props), else 1; Claude: None = unlimited.
+    llamacpp_slots: int | None = None
+    ollama_slots: int = 1
+    claude_slots: int | None = None
+    ollama_ctx: int = 2048
+    max_queue: int = 16
+    max_queue_wait_s: float = 10.0
 
     probe_interval_s: float = 5.0
     probe_interval_down_s: float = 1.0
@@ -111,7 +122,9 @@ class Config:
         for key in SECRET_KEYS:
             if data[key]:
                 data[key] = "<redacted>"
-        data["fallback"] = list(self.fallback)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
         return data
 
 
@@ -244,6 +257,7 @@ def _coerce_list(key: str, value: Any, where: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of {_LIST_ITEMS[key]}, not {value!r}")
+    value = [v.strip() for v in value if v.strip()]  # `llamacpp_url: ""` is no host
     if key == "fallback":
         unknown = [p for p in value if p not in PROVIDERS]
         if unknown:
@@ -283,6 +297,10 @@ def _validated(config: Config) -> Config:
     for name, field_hint in _HINTS.items():
         value = getattr(config, name)
         kind = _base_type(field_hint)
-        if kind in (int, float) and value is not None and value <= 0 and name != "port":
+        if kind not in (int, float) or value is None:
+            continue
+        if name in _MAY_BE_ZERO and value < 0:
+            raise ConfigError(f"{name} must not be negative, not {value}")
+        if name not in _MAY_BE_ZERO and value <= 0:
             raise ConfigError(f"{name} must be greater than 0, not {value}")
     return config

@@ -13,9 +13,12 @@
     │   │                                                    tried, `marks_down` whether this
     │   │                                                    one is taken out of rotation
     │   └── OutputTooLong           502     upstream_error   the answer passed max_output_chars
+    ├── ClientStalled               499     client_stalled   the client stopped reading: never
+    │                                                        counted against the upstream
     ├── StreamBroken                (its cause's)            an upstream failed after text
     │                                                        reached the client: never retried
     ├── NoAdapterServed             503     no_backend       every backend of the chain failed
+    ├── QueueFull                   503     queue_full       every candidate's queue is full
     ├── ServerShuttingDown          503     shutting_down    the grace time after SIGTERM is over
     └── RequestTimeout              504     timeout          the whole request took too long
 
@@ -40,6 +43,8 @@ Outcome = Literal[
     "rate_limited",
     "upstream_error",
     "no_backend",
+    "queue_full",
+    "client_stalled",
     "shutting_down",
     "timeout",
 ]
@@ -110,6 +115,17 @@ class OutputTooLong(UpstreamError):
         super().__init__("output too long", kind="protocol", failover=False, marks_down=False)
 
 
+class ClientStalled(PollexError):
+    """The client stopped reading, so pollex stopped reading the upstream: the upstream did
+    nothing wrong. 499 is nginx's "client closed request"."""
+
+    status = 499
+    outcome: Outcome = "client_stalled"
+
+    def __init__(self) -> None:
+        super().__init__("the client stopped reading")
+
+
 class StreamBroken(PollexError):
     """The upstream failed mid-answer; the client already has part of it."""
 
@@ -132,6 +148,15 @@ class NoAdapterServed(PollexError):
         )
         self.failures = failures
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(PollexError):
+    status = 503
+    outcome: Outcome = "queue_full"
+
+    def __init__(self, retry_after_s: float | None) -> None:
+        super().__init__("every backend is busy and its queue is full")
+        self.retry_after_s = retry_after_s if retry_after_s is not None else 1.0
 
 
 class ServerShuttingDown(PollexError):

@@ -18,6 +18,16 @@ from typing import Any
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
+def encodable(text: str) -> str:
+    """`text` with any lone surrogate (a JSON `\\udc80` escape decodes to one) replaced by
+    U+FFFD, so that it can be written as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class LineTooLong(ValueError):
     pass
 

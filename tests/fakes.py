@@ -10,9 +10,10 @@ client went away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +45,52 @@ class FakeUpstream:
         self.streams_started = 0
         self.streams_completed = 0
         self.probes = 0
+        # Like llama-server's `-np`: past `slots` answers at once, requests wait inside.
+        self.slots: int | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._slot_semaphore: asyncio.Semaphore | None = None
+        # The answer to a text (the last message), word by word; None: the fake's own.
+        self.reply: Callable[[str], Sequence[str]] | None = None
+        # Exact stream bytes (one HTTP chunk each) instead of the fake's own answer.
+        self.raw_chunks: Sequence[bytes] | None = None
+        self._thaw: asyncio.Event | None = None
+
+    def freeze(self) -> None:
+        """Like SIGSTOP: from now on nothing is answered and no stream moves."""
+        if self._thaw is None:
+            self._thaw = asyncio.Event()
+
+    def thaw(self) -> None:
+        if self._thaw is not None:
+            self._thaw.set()
+            self._thaw = None
+
+    async def _unless_frozen(self) -> None:
+        thaw = self._thaw
+        if thaw is not None:
+            await thaw.wait()
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self.slots is not None and self._slot_semaphore is None:
+            self._slot_semaphore = asyncio.Semaphore(self.slots)
+        async with self._slot_semaphore or contextlib.nullcontext():
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+    def _reply_words(self, body: dict[str, Any], limit: int | None) -> tuple[list[str], str]:
+        """The reply's words for this request, cut at `limit`, and the finish reason."""
+        assert self.reply is not None
+        text = body["messages"][-1]["content"]
+        words = list(self.reply(text))
+        if limit is not None and len(words) > limit:
+            return words[:limit], "length"
+        return words, "stop"
 
     async def _record(self, request: web.Request) -> Any:
         body = await request.json()
@@ -63,12 +110,21 @@ class FakeUpstream:
         self, request: web.Request, chunks: Sequence[bytes], headers: dict[str, str]
     ) -> web.StreamResponse:
         """Send `chunks` one HTTP chunk each, honouring the knobs."""
+        if self.raw_chunks is not None:
+            chunks = self.raw_chunks
+        async with self._slot():
+            return await self._send(request, chunks, headers)
+
+    async def _send(
+        self, request: web.Request, chunks: Sequence[bytes], headers: dict[str, str]
+    ) -> web.StreamResponse:
         self.streams_started += 1
         response = web.StreamResponse(status=200, headers=headers)
         response.enable_chunked_encoding()
         await response.prepare(request)
         try:
             for index, chunk in enumerate(chunks):
+                await self._unless_frozen()
                 if self.cut_after is not None and index == self.cut_after:
                     assert request.transport is not None
                     request.transport.close()
@@ -91,7 +147,8 @@ class FakeUpstream:
 
 class FakeLlamaServer(FakeUpstream):
     """llama-server. `health`: ready | loading | hang. `chat`: ok | loading | error500 |
-    context | bad_request | hang | garbage. `dialect`: current (the captures) | b5050."""
+    context | bad_request | hang | garbage | echo500 (a 500 whose message quotes the
+    text). `dialect`: current (the captures) | b5050."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,15 +157,25 @@ class FakeLlamaServer(FakeUpstream):
         self.dialect = "current"
         self.stream_chunks: Sequence[bytes] = wire_chunks("chat-stream.wire.http")
         self.mid_stream_error = False
+        # What GET /props says (`total_slots`, `default_generation_settings.n_ctx`); None: 404.
+        self.props: dict[str, Any] | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/health", self._health)
+        app.router.add_get("/props", self._props)
         app.router.add_post("/v1/chat/completions", self._chat)
         return app
 
+    async def _props(self, request: web.Request) -> web.Response:
+        await self._unless_frozen()
+        if self.props is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(self.props)
+
     async def _health(self, request: web.Request) -> web.StreamResponse:
         self.probes += 1
+        await self._unless_frozen()
         if self.health == "hang":
             return await self._hang_forever()
         capture = load("health-ready.http" if self.health == "ready" else "health-loading.http")
@@ -127,6 +194,10 @@ class FakeLlamaServer(FakeUpstream):
         if self.chat in errors:
             capture = load(errors[self.chat])
             return _replay(capture.status, capture.replay_headers(), capture.body)
+        if self.chat == "echo500":
+            text = body["messages"][-1]["content"]
+            error = {"code": 500, "message": f"cannot polish: {text}", "type": "server_error"}
+            return web.json_response({"error": error}, status=500)
         if self.chat == "garbage":
             return web.Response(
                 status=200, text="<html>proxy error</html>", content_type="text/html"
@@ -135,6 +206,9 @@ class FakeLlamaServer(FakeUpstream):
             capture = load("chat-stop.http")
             return _replay(capture.status, capture.replay_headers(), capture.body)
         chunks = list(self.stream_chunks)
+        if self.reply is not None:
+            words, reason = self._reply_words(body, body.get("max_tokens"))
+            chunks = llama_chunks(words, reason)
         if self.mid_stream_error:
             chunks = chunks[:3] + self._error_chunks()
         return await self._stream(request, chunks, load("chat-stream.http").replay_headers())
@@ -148,6 +222,25 @@ class FakeLlamaServer(FakeUpstream):
         if self.dialect == "b5050":
             return [b"error: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
         return [b"data: " + json.dumps({"error": error}).encode() + b"\n\n"]
+
+
+def llama_chunks(words: Sequence[str], reason: str = "stop") -> list[bytes]:
+    """An answer in llama-server's stream format (as in chat-stream.wire.http): the role,
+    one chunk per word, the finish chunk with usage and timings, then [DONE]."""
+    base = {"object": "chat.completion.chunk", "created": 1, "id": "chatcmpl-fake", "model": "m"}
+
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
+        choice = {"finish_reason": finish, "index": 0, "delta": delta}
+        return b"data: " + json.dumps({"choices": [choice], **base, **extra}).encode() + b"\n\n"
+
+    usage = {"completion_tokens": len(words), "prompt_tokens": 40, "total_tokens": 40}
+    timings = {"prompt_n": 40, "predicted_n": len(words), "predicted_per_second": 5.0}
+    return [
+        chunk({"role": "assistant", "content": None}, None),
+        *(chunk({"content": word}, None) for word in words),
+        chunk({}, reason, usage=usage, timings=timings),
+        b"data: [DONE]\n\n",
+    ]
 
 
 class FakeOllama(FakeUpstream):
@@ -171,6 +264,7 @@ class FakeOllama(FakeUpstream):
 
     async def _root(self, request: web.Request) -> web.Response:
         self.probes += 1
+        await self._unless_frozen()
         if self.state == "hang":
             return await self._hang_forever()
         return web.Response(text="Ollama is running")
@@ -187,14 +281,17 @@ class FakeOllama(FakeUpstream):
             return web.json_response({"error": f"model '{self.model}' not found"}, status=404)
         if self.state == "error500":
             return web.json_response({"error": "llama runner process has terminated"}, status=500)
-        lines = [self._line(word, done=False) for word in self.words]
+        words, reason = self.words, "stop"
+        if self.reply is not None:
+            words, reason = self._reply_words(body, body.get("options", {}).get("num_predict"))
+        lines = [self._line(word, done=False) for word in words]
         if self.mid_stream_error:
             lines = [
                 *lines[:2],
                 json.dumps({"error": "an error was encountered while running the model"}),
             ]
         else:
-            lines.append(self._line("", done=True))
+            lines.append(self._line("", done=True, reason=reason))
         if not body.get("stream", True):
             final = json.loads(self._line("".join(self.words), done=True))
             return web.json_response(final)
@@ -202,7 +299,7 @@ class FakeOllama(FakeUpstream):
         chunks = [(line + end).encode() for line in lines]
         return await self._stream(request, chunks, {"Content-Type": "application/x-ndjson"})
 
-    def _line(self, content: str, *, done: bool) -> str:
+    def _line(self, content: str, *, done: bool, reason: str = "stop") -> str:
         obj: dict[str, Any] = {
             "model": self.model,
             "created_at": "2026-11-26T12:00:00.000000Z",
@@ -211,7 +308,7 @@ class FakeOllama(FakeUpstream):
         }
         if done:
             obj.update(
-                done_reason="stop",
+                done_reason=reason,
                 total_duration=4883583458,
                 load_duration=1334875,
                 prompt_eval_count=26,

@@ -20,7 +20,7 @@ from pollex.adapters.claude import ClaudeAdapter
 from pollex.adapters.llamacpp import LlamaCppAdapter
 from pollex.adapters.mock import MockAdapter
 from pollex.adapters.ollama import OllamaAdapter
-from pollex.config import Config
+from pollex.config import Config, load_config
 from pollex.errors import UpstreamError
 
 # Small intervals so failover, recovery and keep-alive are seen in milliseconds.
@@ -40,7 +40,8 @@ FAST = {
 
 
 def fast_config(**overrides: Any) -> Config:
-    return dataclasses.replace(Config(), **{**FAST, **overrides})
+    """Settings as `pollex serve` would read them (same coercion and checks), made fast."""
+    return load_config(env={}, flags={**FAST, **overrides})
 
 
 # --- adapters, built with the defaults of Config ----------------------------------------
@@ -122,3 +123,15 @@ async def sse_events(url: str, body: dict[str, Any], **headers: str) -> AsyncIte
 
 async def collect_events(url: str, body: dict[str, Any]) -> list[Event]:
     return [event async for event in sse_events(url, body)]
+
+
+# --- pollex's own state, read in integration tests ------------------------------------
+
+
+def routable(client: Any, model_id: str) -> bool:
+    """Whether the router would send a request to `model_id` (some host of it is not
+    known to be down)."""
+    from pollex.web.keys import BACKENDS, ROUTER
+
+    app = client.app
+    return bool(app[ROUTER].routable(app[BACKENDS].by_id[model_id]))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
 import structlog
 
-from pollex.adapters import ProbeResult
+from pollex.adapters import ChatRequest, Finish, ProbeResult
 from pollex.metrics import Metrics
 from pollex.routing.availability import Availability
 
@@ -18,14 +18,15 @@ PROBE_TIMEOUT = 0.05
 
 
 class FakeAdapter:
-    """Just enough of the Adapter protocol for the cache: identity and a probe."""
+    """Just enough of the Adapter protocol for the cache: identity, host and a probe."""
 
     first_token_timeout_s = 1.0
 
-    def __init__(self, id: str, provider: str = "llamacpp") -> None:
+    def __init__(self, id: str, provider: str = "llamacpp", host: str | None = None) -> None:
         self.id = id
         self.provider = provider
         self.name = f"Fake ({id})"
+        self.host = host or f"{id}.test:8080"
         self.result = ProbeResult(True)
         self.hang = False
         self.error: Exception | None = None
@@ -39,6 +40,9 @@ class FakeAdapter:
             raise self.error
         return self.result
 
+    def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
+        raise NotImplementedError("the cache never streams")
+
 
 def make(
     *adapters: FakeAdapter,
@@ -48,7 +52,7 @@ def make(
 ) -> tuple[Availability, Metrics]:
     metrics = Metrics()
     availability = Availability(
-        list(adapters),  # type: ignore[arg-type]
+        list(adapters),
         metrics,
         interval_s=interval_s,
         interval_down_s=interval_down_s,
@@ -59,8 +63,35 @@ def make(
 
 def gauge(metrics: Metrics, adapter: FakeAdapter) -> float | None:
     return metrics.registry.get_sample_value(
-        "pollex_adapter_available", {"adapter": adapter.id, "provider": adapter.provider}
+        "pollex_adapter_available",
+        {"adapter": adapter.id, "provider": adapter.provider, "upstream": adapter.host},
     )
+
+
+class FakeStream:
+    """A stream on a host, as the cache sees it: when it last received a chunk."""
+
+    def __init__(self) -> None:
+        self.last_progress: float | None = None
+
+
+@contextlib.asynccontextmanager
+async def producing(stream: FakeStream, every_s: float = 0.005) -> AsyncIterator[None]:
+    """`stream` receives a chunk every `every_s` while the block runs (a busy GPU)."""
+    loop = asyncio.get_running_loop()
+
+    async def tick() -> None:
+        while True:
+            stream.last_progress = loop.time()
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +105,7 @@ async def running(availability: Availability) -> AsyncIterator[asyncio.Task[None
             await task
 
 
-def transitions(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def transitions(logs: list[MutableMapping[str, Any]]) -> list[tuple[str, str]]:
     return [
         (entry["event"], entry["adapter"])
         for entry in logs
@@ -85,16 +116,12 @@ def transitions(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
 async def test_not_probed_yet_is_routable() -> None:
     adapter = FakeAdapter("gpu")
     availability, metrics = make(adapter)
-    state = availability.state("gpu")
+    state = availability.state(adapter)
     assert state.available is None
     assert state.reason == "not probed yet"
     assert state.checked_at is None
-    assert availability.is_routable("gpu")
-    assert state.as_health("llamacpp") == {
-        "available": True,
-        "provider": "llamacpp",
-        "reason": "not probed yet",
-    }
+    assert availability.is_routable(adapter)
+    assert state.as_health() == {"available": True, "reason": "not probed yet"}
     assert gauge(metrics, adapter) == 1
     assert adapter.probes == 0  # constructing the cache probes nothing
 
@@ -102,13 +129,13 @@ async def test_not_probed_yet_is_routable() -> None:
 async def test_probe_up() -> None:
     adapter = FakeAdapter("gpu")
     availability, _ = make(adapter)
-    await availability.probe(adapter)
-    state = availability.state("gpu")
+    assert await availability.probe(adapter) is False  # nothing to look at again soon
+    state = availability.state(adapter)
     assert state.available is True
     assert state.reason is None
     assert state.checked_at is not None
     assert state.latency_ms is not None and state.latency_ms >= 0
-    health = state.as_health("llamacpp")
+    health = state.as_health()
     assert health["available"] is True
     assert "reason" not in health
     assert health["checked_at"].endswith("Z")
@@ -119,11 +146,11 @@ async def test_probe_down_with_reason() -> None:
     adapter.result = ProbeResult(False, "llama-server loading model")
     availability, _ = make(adapter)
     await availability.probe(adapter)
-    state = availability.state("gpu")
+    state = availability.state(adapter)
     assert state.available is False
     assert state.reason == "llama-server loading model"
-    assert not availability.is_routable("gpu")
-    health = state.as_health("llamacpp")
+    assert not availability.is_routable(adapter)
+    health = state.as_health()
     assert health["available"] is False
     assert health["reason"] == "llama-server loading model"
 
@@ -134,43 +161,86 @@ async def test_probe_that_times_out_marks_down() -> None:
     availability, metrics = make(adapter)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await availability.probe(adapter)
+    assert await availability.probe(adapter) is False
     assert loop.time() - start < 0.5
-    state = availability.state("gpu")
+    state = availability.state(adapter)
     assert state.available is False
     assert state.reason == "probe timed out"
     assert gauge(metrics, adapter) == 0
 
 
 async def test_probe_timeout_while_streaming_keeps_adapter_up() -> None:
-    """A busy GPU is not a dead one."""
+    """A busy GPU is not a dead one: a probe timeout while a stream on the host receives
+    chunks is let off (and the host is to be probed again soon)."""
     adapter = FakeAdapter("gpu")
     availability, metrics = make(adapter)
     await availability.probe(adapter)
-    assert availability.state("gpu").available is True
+    assert availability.state(adapter).available is True
 
     adapter.hang = True
-    availability.streaming("gpu", +1)
-    await availability.probe(adapter)
-    assert availability.state("gpu").available is True
-    assert availability.is_routable("gpu")
+    stream = FakeStream()
+    availability.streaming(adapter, stream, True)
+    assert availability.state(adapter).streams == {stream}
+    async with producing(stream):
+        assert await availability.probe(adapter) is True
+    assert availability.state(adapter).available is True
+    assert availability.is_routable(adapter)
     assert gauge(metrics, adapter) == 1
 
-    availability.streaming("gpu", -1)  # the stream ended; now a timeout means down
+    availability.streaming(adapter, stream, False)  # the stream ended; now a timeout means down
+    assert await availability.probe(adapter) is False
+    assert availability.state(adapter).available is False
+    assert availability.state(adapter).reason == "probe timed out"
+    assert gauge(metrics, adapter) == 0
+
+
+async def test_probe_timeout_while_streams_are_silent_marks_down() -> None:
+    """A frozen server: its streams are still open but none received a chunk while the
+    probe waited, so the timeout is believed, and whoever waits on the host is told."""
+    adapter = FakeAdapter("gpu")
+    availability, metrics = make(adapter)
     await availability.probe(adapter)
-    assert availability.state("gpu").available is False
-    assert availability.state("gpu").reason == "probe timed out"
+    heard: list[str] = []
+    availability.on_down(adapter, heard.append)
+
+    stream = FakeStream()
+    availability.streaming(adapter, stream, True)
+    async with producing(stream):
+        await asyncio.sleep(0.02)  # it produced, but before the probe below started
+    adapter.hang = True
+    assert await availability.probe(adapter) is False
+    assert availability.state(adapter).available is False
+    assert availability.state(adapter).reason == "probe timed out"
+    assert heard == ["probe timed out"]
+    assert gauge(metrics, adapter) == 0
+
+
+async def test_a_stream_on_another_host_does_not_excuse_a_timeout() -> None:
+    """Busy-is-not-dead is per host: a stream producing on one does not keep another up."""
+    adapter = FakeAdapter("gpu", host="nano-1:8080")
+    other = FakeAdapter("gpu", host="nano-2:8080")
+    availability, metrics = make(adapter, other)
+    stream = FakeStream()
+    availability.streaming(other, stream, True)
+    adapter.hang = True
+    async with producing(stream):
+        assert await availability.probe(adapter) is False
+    assert availability.state(adapter).available is False
+    assert availability.is_routable(other)
+    assert (gauge(metrics, adapter), gauge(metrics, other)) == (0, 1)
 
 
 async def test_busy_does_not_hide_a_real_failure() -> None:
     """Only a timeout is excused by streaming; a probe that says down is believed."""
     adapter = FakeAdapter("gpu")
     availability, _ = make(adapter)
-    availability.streaming("gpu", +1)
+    stream = FakeStream()
+    availability.streaming(adapter, stream, True)
     adapter.result = ProbeResult(False, "llama-server unreachable")
-    await availability.probe(adapter)
-    assert availability.state("gpu").available is False
-    assert availability.state("gpu").reason == "llama-server unreachable"
+    async with producing(stream):
+        assert await availability.probe(adapter) is False
+    assert availability.state(adapter).available is False
+    assert availability.state(adapter).reason == "llama-server unreachable"
 
 
 async def test_mark_down_at_once_and_tells_listeners() -> None:
@@ -179,14 +249,14 @@ async def test_mark_down_at_once_and_tells_listeners() -> None:
     availability, metrics = make(adapter, other)
     heard: list[str] = []
     heard_other: list[str] = []
-    availability.on_down("gpu", heard.append)
-    availability.on_down("cpu", heard_other.append)
+    availability.on_down(adapter, heard.append)
+    availability.on_down(other, heard_other.append)
 
     availability.mark_down(adapter, "llama-server unreachable")
-    assert not availability.is_routable("gpu")
-    assert availability.state("gpu").reason == "llama-server unreachable"
+    assert not availability.is_routable(adapter)
+    assert availability.state(adapter).reason == "llama-server unreachable"
     assert heard == ["llama-server unreachable"]
-    assert heard_other == []  # only the listeners of that adapter
+    assert heard_other == []  # only the listeners of that host
     assert gauge(metrics, adapter) == 0
     assert gauge(metrics, other) == 1
 
@@ -200,8 +270,8 @@ async def test_stop_listening() -> None:
     availability, _ = make(adapter)
     heard: list[str] = []
     kept: list[str] = []
-    stop = availability.on_down("gpu", heard.append)
-    availability.on_down("gpu", kept.append)
+    stop = availability.on_down(adapter, heard.append)
+    availability.on_down(adapter, kept.append)
     stop()
     stop()  # idempotent
     availability.mark_down(adapter, "gone")
@@ -214,7 +284,7 @@ async def test_probe_going_down_tells_listeners() -> None:
     availability, _ = make(adapter)
     await availability.probe(adapter)
     heard: list[str] = []
-    availability.on_down("gpu", heard.append)
+    availability.on_down(adapter, heard.append)
     adapter.hang = True
     await availability.probe(adapter)
     assert heard == ["probe timed out"]
@@ -225,8 +295,8 @@ async def test_mark_up() -> None:
     availability, metrics = make(adapter)
     availability.mark_down(adapter, "llama-server unreachable")
     availability.mark_up(adapter)
-    assert availability.state("gpu").available is True
-    assert availability.state("gpu").reason is None
+    assert availability.state(adapter).available is True
+    assert availability.state(adapter).reason is None
     assert gauge(metrics, adapter) == 1
 
 
@@ -257,8 +327,25 @@ async def test_run_probes_down_adapters_faster() -> None:
         await asyncio.sleep(0.12)
     assert up.probes == 1  # the first round at start-up, the next one is 0.5 s away
     assert down.probes >= 4
-    assert availability.state("gpu").available is True
-    assert availability.state("cpu").available is False
+    assert availability.state(up).available is True
+    assert availability.state(down).available is False
+
+
+async def test_run_probes_a_busy_host_again_soon() -> None:
+    """A host let off a probe timeout because it is producing is probed again after the
+    short interval: if it has frozen meanwhile, that is seen within one short interval."""
+    adapter = FakeAdapter("gpu")
+    adapter.hang = True
+    availability, _ = make(adapter, interval_s=1.0, interval_down_s=0.01, probe_timeout_s=0.02)
+    stream = FakeStream()
+    availability.streaming(adapter, stream, True)
+    async with producing(stream), running(availability):
+        await asyncio.sleep(0.15)
+        assert adapter.probes >= 3
+        assert availability.state(adapter).available is None  # let off each time
+    async with running(availability):
+        await asyncio.sleep(0.1)
+    assert availability.state(adapter).available is False
 
 
 async def test_run_first_round_starts_at_once() -> None:
@@ -278,13 +365,13 @@ async def test_run_sees_recovery_within_the_down_interval() -> None:
     availability, _ = make(adapter, interval_s=1.0, interval_down_s=0.01)
     async with running(availability):
         await asyncio.sleep(0.03)
-        assert availability.state("gpu").available is False
+        assert availability.state(adapter).available is False
         adapter.result = ProbeResult(True)
         for _ in range(40):
-            if availability.state("gpu").available:
+            if availability.state(adapter).available:
                 break
             await asyncio.sleep(0.005)
-        assert availability.state("gpu").available is True
+        assert availability.state(adapter).available is True
 
 
 async def test_probe_raising_marks_down_and_the_loop_goes_on() -> None:
@@ -298,16 +385,16 @@ async def test_probe_raising_marks_down_and_the_loop_goes_on() -> None:
                     break
                 await asyncio.sleep(0.005)
             assert not task.done()
-            state = availability.state("gpu")
+            state = availability.state(adapter)
             assert state.available is False
-            assert state.reason == "probe failed: boom"
+            assert state.reason == "probe failed: RuntimeError"  # the class, not its text
             assert gauge(metrics, adapter) == 0
             adapter.error = None  # the probe is fixed: the loop is still there to see it
             for _ in range(40):
-                if availability.state("gpu").available:
+                if availability.state(adapter).available:
                     break
                 await asyncio.sleep(0.005)
-            assert availability.state("gpu").available is True
+            assert availability.state(adapter).available is True
     assert adapter.probes >= 3
     assert any(entry["event"] == "probe_failed" for entry in logs)
 
@@ -351,14 +438,21 @@ async def test_run_logs_a_steady_state_once() -> None:
     assert sorted(transitions(logs)) == [("adapter_down", "cpu"), ("adapter_up", "gpu")]
 
 
-@pytest.mark.parametrize("delta", [+1, +2])
-async def test_streaming_counts(delta: int) -> None:
+@pytest.mark.parametrize("count", [1, 2])
+async def test_streaming_is_tracked_per_stream(count: int) -> None:
     adapter = FakeAdapter("gpu")
-    availability, _ = make(adapter)
-    availability.streaming("gpu", delta)
-    assert availability.state("gpu").streaming == delta
-    availability.streaming("gpu", -delta)
-    assert availability.state("gpu").streaming == 0
+    other = FakeAdapter("gpu", host="nano-2:8080")
+    availability, _ = make(adapter, other)
+    streams = [FakeStream() for _ in range(count)]
+    for stream in streams:
+        availability.streaming(adapter, stream, True)
+        availability.streaming(adapter, stream, True)  # idempotent
+    assert availability.state(adapter).streams == set(streams)
+    assert availability.state(other).streams == set()
+    for stream in streams:
+        availability.streaming(adapter, stream, False)
+        availability.streaming(adapter, stream, False)  # idempotent
+    assert availability.state(adapter).streams == set()
 
 
 async def test_cancel_as_a_probe_finishes_ends_the_loop() -> None:
@@ -409,4 +503,4 @@ async def test_cancel_during_a_hung_probe_ends_the_loop_and_the_probe() -> None:
     assert done, "the probe loop outlived its cancellation"
     assert task.cancelled()
     assert cancelled.is_set()
-    assert availability.state("gpu").available is None  # a cancelled probe decides nothing
+    assert availability.state(adapter).available is None  # a cancelled probe decides nothing

@@ -77,11 +77,22 @@ def test_serve_without_backend_exits_2_and_says_what_to_set(
 
 
 @pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("empty", ["''", "[]"])
 def test_serve_without_backend_in_file_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    empty: str,
 ) -> None:
     path = tmp_path / "pollex.yaml"
-    path.write_text("port: 9000\nllamacpp_url: ''\n")
+    path.write_text(f"port: 9000\nllamacpp_url: {empty}\n")
+
+    def must_not_serve(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pollex started serving with no backend configured")
+
+    # Were it to serve, main() would run until a signal: fail at once instead of hanging.
+    monkeypatch.setattr("pollex.log.configure_logging", lambda *args: None)
+    monkeypatch.setattr("pollex.server.serve", must_not_serve)
     assert main(["serve", "--config", str(path)]) == 2
     assert "--mock" in capsys.readouterr().err
 
@@ -106,7 +117,7 @@ def test_config_prints_yaml_with_secrets_redacted(
     assert data["api_key"] == "<redacted>"
     assert data["claude_api_key"] == "<redacted>"
     assert data["port"] == 9001
-    assert data["llamacpp_url"] == "http://127.0.0.1:8080"
+    assert data["llamacpp_url"] == ["http://127.0.0.1:8080"]  # a list, even of one
     assert data["fallback"] == ["llamacpp", "claude"]
 
 
@@ -135,7 +146,7 @@ def test_config_precedence_file_env_flags(
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["port"] == 9003
     assert data["host"] == "10.0.0.1"
-    assert data["ollama_url"] == "http://env"
+    assert data["ollama_url"] == ["http://env"]
     assert data["mock"] is True
 
 

@@ -44,7 +44,7 @@ def test_file_only(write: Any) -> None:
     config = load_config(path, env={})
     assert config.host == "0.0.0.0"
     assert config.port == 9000
-    assert config.llamacpp_url == "http://127.0.0.1:8080"
+    assert config.llamacpp_url == ("http://127.0.0.1:8080",)  # one URL: a list of one
     assert config.llamacpp_model == "qwen2.5:1.5b-gpu"
     assert config.fallback == ("llamacpp", "ollama", "claude")
     assert config.idle_timeout_s == 5.0
@@ -65,7 +65,7 @@ def test_env_overrides_file(write: Any) -> None:
     path = write("port: 9000\nhost: 0.0.0.0\nollama_url: http://file\n")
     config = load_config(path, env={"POLLEX_PORT": "9100", "POLLEX_OLLAMA_URL": "http://env"})
     assert config.port == 9100
-    assert config.ollama_url == "http://env"
+    assert config.ollama_url == ("http://env",)
     assert config.host == "0.0.0.0"  # not overridden
 
 
@@ -128,7 +128,8 @@ def test_pollex_url_belongs_to_the_client_and_is_ignored() -> None:
         ("idle_timeout_s: soon", "idle_timeout_s", "number"),
         ("idle_timeout_s: false", "idle_timeout_s", "number"),
         ("host: [a, b]", "host", "string"),
-        ("llamacpp_url: 8080", "llamacpp_url", "string"),
+        ("llamacpp_url: 8080", "llamacpp_url", "list of URLs"),
+        ("llamacpp_url: [http://a, 8080]", "llamacpp_url", "list of URLs"),
         ("api_key: {a: 1}", "api_key", "string"),
         ("trust_proxy_headers: yes please", "trust_proxy_headers", "true or false"),
         ("trust_proxy_headers: 1", "trust_proxy_headers", "true or false"),
@@ -192,7 +193,9 @@ def test_wrong_env_value_names_the_variable(name: str, value: str, expected: str
         ("POLLEX_FALLBACK", "ollama,llamacpp", "fallback", ("ollama", "llamacpp")),
         ("POLLEX_FALLBACK", " ollama , claude ,", "fallback", ("ollama", "claude")),
         ("POLLEX_FALLBACK", "", "fallback", ()),
-        ("POLLEX_LLAMACPP_URL", "", "llamacpp_url", ""),
+        ("POLLEX_LLAMACPP_URL", "", "llamacpp_url", ()),
+        ("POLLEX_LLAMACPP_URL", "http://a:8080", "llamacpp_url", ("http://a:8080",)),
+        ("POLLEX_OLLAMA_URL", "http://a, http://b,", "ollama_url", ("http://a", "http://b")),
         ("POLLEX_HOST", "0.0.0.0", "host", "0.0.0.0"),
         ("POLLEX_LOG_FORMAT", "console", "log_format", "console"),
         ("POLLEX_CLAUDE_API_KEY", "sk-ant-x", "claude_api_key", "sk-ant-x"),
@@ -224,6 +227,7 @@ def test_null_in_file_for_an_optional_value(write: Any) -> None:
         ({"idle_timeout_s": 0}, "idle_timeout_s must be greater than 0"),
         ({"max_text_chars": -5}, "max_text_chars must be greater than 0"),
         ({"first_token_timeout_s": 0}, "first_token_timeout_s must be greater than 0"),
+        ({"max_queue_wait_s": -1}, "max_queue_wait_s must not be negative"),
         ({"log_level": "chatty"}, "log_level must be one of"),
     ],
 )
@@ -334,8 +338,9 @@ def test_redacted_hides_secrets(write: Any) -> None:
     text = repr(data)
     assert "file-secret" not in text
     assert "sk-ant-secret" not in text
-    # Plain data: the list form of fallback, every field present.
+    # Plain data: the list form of fallback and the URL lists, every field present.
     assert data["fallback"] == ["llamacpp", "ollama"]
+    assert data["llamacpp_url"] == data["ollama_url"] == []
     assert set(data) == {f.name for f in dataclasses.fields(Config)}
 
 

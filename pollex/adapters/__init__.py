@@ -69,14 +69,23 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
+    """What a probe found. `slots` and `context` (tokens per slot) are what the upstream
+    says of itself, when it says (llama-server's `/props`)."""
+
     available: bool
     reason: str | None = None
+    slots: int | None = None
+    context: int | None = None
 
 
 class Adapter(Protocol):
+    """One host of one provider. Several adapters may share an `id` (one model for clients,
+    several servers): `host` tells them apart."""
+
     id: str
     provider: str
     name: str
+    host: str
     first_token_timeout_s: float
 
     async def probe(self) -> ProbeResult: ...
@@ -84,13 +93,49 @@ class Adapter(Protocol):
     def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]: ...
 
 
-class Backends:
-    """The registered adapters: by id, and the failover chain."""
+@dataclass(frozen=True)
+class Backend:
+    """One model for clients: its id, served by one or more hosts of one provider.
 
-    def __init__(self, adapters: Sequence[Adapter], chain: Sequence[Adapter]) -> None:
-        self.by_id = {a.id: a for a in adapters}
+    Per host: `slots_setting` (from the configuration) overrides what the host says of
+    itself, which overrides `slots_default`; None is "no limit". `context_setting` is the
+    context in tokens when the configuration says it (else the host's own word, if any).
+    """
+
+    hosts: tuple[Adapter, ...]
+    slots_setting: int | None = None
+    slots_default: int | None = 1
+    context_setting: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.hosts[0].id
+
+    @property
+    def provider(self) -> str:
+        return self.hosts[0].provider
+
+    @property
+    def name(self) -> str:
+        return self.hosts[0].name
+
+
+class Backends:
+    """The registered backends: by model id, and the failover chain."""
+
+    def __init__(self, backends: Sequence[Backend], chain: Sequence[Backend]) -> None:
+        self.by_id = {b.id: b for b in backends}
         self.chain = tuple(chain)
 
-    def listed(self) -> list[Adapter]:
-        """Chain order first, then adapters only reachable by `model_id`."""
-        return [*self.chain, *(a for a in self.by_id.values() if a not in self.chain)]
+    @classmethod
+    def of(cls, adapters: Sequence[Adapter], chain: Sequence[Adapter] | None = None) -> Backends:
+        """Backends of one host each, with no slot limit (tests, anything built by hand)."""
+        backends = {a.id: Backend((a,), slots_default=None) for a in adapters}
+        return cls(list(backends.values()), [backends[a.id] for a in chain or adapters])
+
+    def listed(self) -> list[Backend]:
+        """Chain order first, then backends only reachable by `model_id`."""
+        return [*self.chain, *(b for b in self.by_id.values() if b not in self.chain)]
+
+    def hosts(self) -> list[Adapter]:
+        return [host for backend in self.by_id.values() for host in backend.hosts]

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
 
 from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
-from pollex.adapters.http import HttpAdapter, read_error_body, status_error, upstream_message
+from pollex.adapters.http import (
+    DETAIL_LIMIT,
+    HttpAdapter,
+    log,
+    read_error_body,
+    status_error,
+    upstream_message,
+)
 from pollex.errors import UpstreamError
 from pollex.parsing import SSEDecoder, SSEEvent
 
@@ -17,6 +25,7 @@ UPSTREAM = "anthropic"
 API_VERSION = "2023-06-01"
 # HTTP statuses worth trying another backend for (docs/upstreams.md).
 _RETRYABLE = frozenset({408, 409, 429, 529})
+_ERROR_TYPE = re.compile(r"[a-z_]{1,40}")
 
 
 class ClaudeAdapter(HttpAdapter):
@@ -118,13 +127,18 @@ def _message(body: Any) -> str | None:
 
 
 def _stream_error(data: dict[str, Any]) -> UpstreamError:
+    """`event: error` mid-answer. Its type is one of Anthropic's names (a class of failure);
+    its message may quote the request, so it goes to the debug log."""
     found = data.get("error")
     error: dict[str, Any] = found if isinstance(found, dict) else {}
-    error_type = error.get("type", "error")
-    message = error.get("message") or error_type
-    overloaded = error_type in ("overloaded_error", "api_error", "rate_limit_error")
+    error_type = error.get("type")
+    known = (
+        error_type if isinstance(error_type, str) and _ERROR_TYPE.fullmatch(error_type) else None
+    )
+    overloaded = known in ("overloaded_error", "api_error", "rate_limit_error")
+    log.debug("upstream_reported_error", upstream=UPSTREAM, detail=str(error)[:DETAIL_LIMIT])
     return UpstreamError(
-        f"{UPSTREAM}: {message} ({error_type})",
+        f"{UPSTREAM} reported {known or 'an error'}",
         kind="status",
         failover=overloaded,
         marks_down=overloaded,

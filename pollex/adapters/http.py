@@ -13,13 +13,22 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import structlog
+from yarl import URL
 
 from pollex.adapters import Finish
 from pollex.errors import UpstreamError
 from pollex.parsing import LineTooLong, MalformedLine
 
+log = structlog.get_logger("pollex.upstream")
+
 # Error bodies are small; never read more than this of one to find its message.
 ERROR_BODY_LIMIT = 64 * 1024
+# How much of an upstream's own error message the debug log keeps.
+DETAIL_LIMIT = 200
+# What a dialect's reader may raise on a chunk of a shape it did not expect (valid JSON,
+# wrong types): all of it is the upstream's fault, a protocol error at this boundary.
+_FOREIGN_SHAPE = (AttributeError, KeyError, IndexError, TypeError, ValueError)
 
 Item = TypeVar("Item")
 
@@ -41,7 +50,8 @@ class HttpAdapter:
 
     Subclasses set `provider`, `label` (the name's prefix), `upstream` (the name its
     errors use) and `end_marker` (what a complete stream ends with), and implement
-    `_status_error` for non-200 answers.
+    `_status_error` for non-200 answers. `host` names the server (host:port) in health
+    and metrics, so that several hosts of one provider can be told apart.
     """
 
     provider: str
@@ -60,6 +70,11 @@ class HttpAdapter:
     ) -> None:
         self._session = session
         self._base = url.rstrip("/")
+        parsed = URL(self._base)
+        name = str(parsed.host)
+        name = f"[{name}]" if ":" in name else name  # an IPv6 address
+        port = parsed.explicit_port
+        self.host = f"{name}:{port}" if port else name
         self.id = model
         self.name = f"{self.label} ({model})"
         self.first_token_timeout_s = first_token_timeout_s
@@ -88,7 +103,13 @@ class HttpAdapter:
                 with parse_errors():
                     items = decoder.feed(chunk) if chunk else decoder.close()
                 for item in items:
-                    text = read(item, finish)
+                    try:
+                        text = read(item, finish)
+                    except _FOREIGN_SHAPE as exc:
+                        raise UpstreamError(
+                            f"{self.upstream} sent a chunk pollex does not understand",
+                            kind="protocol",
+                        ) from exc
                     if text:
                         yield text
                     if finish.ended:
@@ -141,22 +162,29 @@ def parse_errors() -> Iterator[None]:
     except LineTooLong:
         raise UpstreamError("upstream line too long", kind="protocol", marks_down=False) from None
     except MalformedLine as exc:
-        raise UpstreamError(f"malformed upstream stream: {exc}", kind="protocol") from None
+        log.debug("malformed_stream", detail=str(exc)[:DETAIL_LIMIT])
+        raise UpstreamError("malformed upstream stream", kind="protocol") from None
 
 
 @asynccontextmanager
 async def translated(upstream: str) -> AsyncIterator[None]:
-    """aiohttp's exceptions, raised while talking to `upstream`, as `UpstreamError`s."""
+    """aiohttp's exceptions, raised while talking to `upstream`, as `UpstreamError`s.
+
+    The messages name the upstream and the class of failure only: they reach clients and
+    `/api/health`, and an address or an OS error text is for the log.
+    """
     try:
         yield
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"{upstream} unreachable: {exc.os_error}", kind="connect") from exc
+        log.debug("upstream_unreachable", upstream=upstream, detail=str(exc)[:DETAIL_LIMIT])
+        raise UpstreamError(f"{upstream} unreachable", kind="connect") from exc
     except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
         raise UpstreamError(f"{upstream} timed out", kind="timeout") from exc
     except aiohttp.ClientPayloadError as exc:
         raise UpstreamError(f"{upstream} stream was cut", kind="protocol") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"{upstream} connection failed: {exc}", kind="connect") from exc
+        log.debug("upstream_connection_failed", upstream=upstream, detail=str(exc)[:DETAIL_LIMIT])
+        raise UpstreamError(f"{upstream} connection failed", kind="connect") from exc
 
 
 async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
@@ -170,17 +198,34 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
 
 
 def status_error(
-    upstream: str, status: int, message: str, *, failover: bool, marks_down: bool
+    upstream: str,
+    status: int,
+    detail: str,
+    *,
+    failover: bool,
+    marks_down: bool,
+    what: str = "",
 ) -> UpstreamError:
+    """A non-200 answer. The upstream's own message (`detail`) may quote the request, so it
+    goes to the debug log, truncated; the error says who answered what (`what`: a class of
+    failure pollex recognised, e.g. "context exceeded")."""
+    log.debug("upstream_status", upstream=upstream, status=status, detail=detail[:DETAIL_LIMIT])
+    suffix = f" ({what})" if what else ""
     return UpstreamError(
-        f"{upstream}: {message} (HTTP {status})",
+        f"{upstream} answered HTTP {status}{suffix}",
         kind="status",
         failover=failover,
         marks_down=marks_down,
     )
 
 
-def snippet(text: str, limit: int = 200) -> str:
+def reported_error(upstream: str, detail: object) -> UpstreamError:
+    """An error the upstream reported inside a 200 stream; its text goes to the debug log."""
+    log.debug("upstream_reported_error", upstream=upstream, detail=str(detail)[:DETAIL_LIMIT])
+    return UpstreamError(f"{upstream} reported an error", kind="status", marks_down=False)
+
+
+def snippet(text: str, limit: int = DETAIL_LIMIT) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"
 

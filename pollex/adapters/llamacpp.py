@@ -15,7 +15,13 @@ from typing import Any
 import aiohttp
 
 from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
-from pollex.adapters.http import HttpAdapter, read_error_body, status_error, upstream_message
+from pollex.adapters.http import (
+    HttpAdapter,
+    read_error_body,
+    reported_error,
+    status_error,
+    upstream_message,
+)
 from pollex.errors import UpstreamError
 from pollex.parsing import SSEDecoder, SSEEvent
 
@@ -29,16 +35,21 @@ class LlamaCppAdapter(HttpAdapter):
     end_marker = "[DONE]"
 
     async def probe(self) -> ProbeResult:
+        """`/health`, then `/props` for the server's slots and context per slot (both are
+        answered by llama-server's HTTP threads, even while the GPU is busy)."""
         try:
             async with self._session.get(f"{self._base}/health") as resp:
                 status = resp.status
+            if status != 200:
+                reason = "loading model" if status == 503 else f"/health answered HTTP {status}"
+                return ProbeResult(False, f"{UPSTREAM} {reason}")
+            async with self._session.get(f"{self._base}/props") as resp:
+                props = await resp.json(content_type=None) if resp.status == 200 else None
         except aiohttp.ClientError:
             return ProbeResult(False, f"{UPSTREAM} unreachable")
-        if status == 200:
-            return ProbeResult(True)
-        if status == 503:
-            return ProbeResult(False, f"{UPSTREAM} loading model")
-        return ProbeResult(False, f"{UPSTREAM} /health answered HTTP {status}")
+        except ValueError:
+            props = None
+        return ProbeResult(True, slots=_positive(props, "total_slots"), context=_context(props))
 
     def stream(self, chat: ChatRequest, finish: Finish) -> AsyncGenerator[str, None]:
         body: dict[str, Any] = {
@@ -57,15 +68,18 @@ class LlamaCppAdapter(HttpAdapter):
         message = upstream_message(body, raw, _message)
         error = body.get("error") if isinstance(body, dict) else None
         error_type = error.get("type") if isinstance(error, dict) else None
-        if resp.status >= 500:
-            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
+        status = resp.status
+        if status >= 500:
+            return status_error(UPSTREAM, status, message, failover=True, marks_down=True)
         if error_type == "exceed_context_size_error":
             # The Nano's small context: a backend with a larger one can still serve the text.
-            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=False)
-        if resp.status in (401, 403, 404):
+            return status_error(
+                UPSTREAM, status, message, failover=True, marks_down=False, what="context exceeded"
+            )
+        if status in (401, 403, 404):
             # pollex's configuration does not match this server: try the next backend.
-            return status_error(UPSTREAM, resp.status, message, failover=True, marks_down=True)
-        return status_error(UPSTREAM, resp.status, message, failover=False, marks_down=False)
+            return status_error(UPSTREAM, status, message, failover=True, marks_down=True)
+        return status_error(UPSTREAM, status, message, failover=False, marks_down=False)
 
 
 def _read_event(event: SSEEvent, finish: Finish) -> str | None:
@@ -80,14 +94,11 @@ def _read_event(event: SSEEvent, finish: Finish) -> str | None:
         raise UpstreamError(f"{UPSTREAM} sent a chunk that is not JSON", kind="protocol") from None
     if event.event == "error":
         # b5050: `error: {"code", "message", "type"}`, the error object itself.
-        message = data.get("message") if isinstance(data, dict) else None
-        raise UpstreamError(f"{UPSTREAM}: {message or event.data}", kind="status", marks_down=False)
+        raise reported_error(UPSTREAM, event.data)
     if not isinstance(data, dict):
         raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
     if "error" in data:
-        raise UpstreamError(
-            f"{UPSTREAM}: {_message(data) or data['error']}", kind="status", marks_down=False
-        )
+        raise reported_error(UPSTREAM, data["error"])
     usage = _usage(data)
     if usage is not None:
         finish.usage = usage
@@ -107,6 +118,17 @@ def _message(body: Any) -> str | None:
     if isinstance(error, dict):
         error = error.get("message")
     return error if isinstance(error, str) and error else None
+
+
+def _positive(data: Any, key: str) -> int | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _context(props: Any) -> int | None:
+    """Tokens of context per slot: b5050's `default_generation_settings` is slot 0's."""
+    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+    return _positive(settings, "n_ctx")
 
 
 def _usage(data: dict[str, Any]) -> Usage | None:

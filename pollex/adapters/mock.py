@@ -38,6 +38,7 @@ class MockAdapter:
     id = "mock"
     provider = "mock"
     name = "Mock"
+    host = "local"
 
     def __init__(self, *, first_token_timeout_s: float, delay_s: float = 0.0) -> None:
         self._delay = delay_s

@@ -8,7 +8,13 @@ from typing import Any
 import aiohttp
 
 from pollex.adapters import ChatRequest, Finish, ProbeResult, Usage
-from pollex.adapters.http import HttpAdapter, read_error_body, status_error, upstream_message
+from pollex.adapters.http import (
+    HttpAdapter,
+    read_error_body,
+    reported_error,
+    status_error,
+    upstream_message,
+)
 from pollex.errors import UpstreamError
 from pollex.parsing import NDJSONDecoder
 
@@ -60,7 +66,7 @@ def _read_object(obj: Any, finish: Finish) -> str | None:
         raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
     error = obj.get("error")
     if error is not None:
-        raise UpstreamError(f"{UPSTREAM}: {error}", kind="status", marks_down=False)
+        raise reported_error(UPSTREAM, error)
     if obj.get("done") is True:
         _fill_finish(finish, obj)
     message = obj.get("message")

@@ -1,19 +1,23 @@
-"""Picks the adapters for a request and walks them until one answers (design §4).
+"""Picks the backends for a request and walks them until one answers (docs/architecture.md).
 
-Failover happens only before the first chunk reached the client; after that a failure
-ends the answer (`StreamBroken`), so two models' outputs are never spliced together.
+For each candidate the capacity decides where the request starts (a free slot, a short
+queue, or a spill to the next backend); the request waits for its slot, then streams.
+Failover happens only before the first chunk reached the client; after that a failure ends
+the answer (`StreamBroken`), so two models' outputs are never spliced together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-from pollex.adapters import Adapter, Backends, ChatRequest, Finish
+from pollex.adapters import Adapter, Backend, Backends, Finish, Usage
 from pollex.errors import (
+    ClientStalled,
     NoAdapterServed,
     OutputTooLong,
     RequestTimeout,
@@ -23,12 +27,17 @@ from pollex.errors import (
     UpstreamError,
 )
 from pollex.metrics import Metrics
+from pollex.parsing import encodable
 from pollex.routing.availability import Availability
+from pollex.routing.capacity import Capacity
+from pollex.routing.jobs import Job
 from pollex.routing.watchdog import SHUTDOWN, TOTAL, Watchdog
 
 
 class Sink(Protocol):
     """Where a streamed answer goes as it is produced (the web face's stream writer)."""
+
+    async def queued(self, position: int, model: str, estimated_wait_s: float | None) -> None: ...
 
     async def start(self, adapter: Adapter, fallback_from: str | None) -> None: ...
 
@@ -37,8 +46,8 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Plan:
-    intended: Adapter
-    candidates: tuple[Adapter, ...]
+    intended: Backend
+    candidates: tuple[Backend, ...]
 
     @property
     def skipped(self) -> bool:
@@ -47,7 +56,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Served:
-    """The whole answer; `first_chunk_at` is when its first chunk arrived (perf_counter)."""
+    """The whole answer; `adapter` is the host that gave it, `first_chunk_at` when its
+    first chunk arrived (perf_counter)."""
 
     adapter: Adapter
     fallback_from: str | None
@@ -61,20 +71,28 @@ class Router:
         self,
         backends: Backends,
         availability: Availability,
+        capacity: Capacity,
         metrics: Metrics,
         *,
         max_output_chars: int,
         retry_after_s: float,
+        silent_s: float,
     ) -> None:
         self._backends = backends
         self._availability = availability
+        self._capacity = capacity
         self._metrics = metrics
         self._max_output_chars = max_output_chars
         # What a client that found no backend should wait: by then the probes looked again.
         self._retry_after_s = retry_after_s
+        # A stream this long without a chunk is not producing (what a probe lasts at most).
+        self._silent_s = silent_s
+
+    def routable(self, backend: Backend) -> bool:
+        return any(self._availability.is_routable(h) for h in backend.hosts)
 
     def plan(self, model_id: str | None, fallback: bool) -> Plan:
-        """The adapters to try in order. Raises `UnknownModel` before anything is sent."""
+        """The backends to try in order. Raises `UnknownModel` before anything is sent."""
         if model_id is not None:
             if model_id not in self._backends.by_id:
                 raise UnknownModel(f"unknown model: {model_id}")
@@ -83,37 +101,73 @@ class Router:
             intended = self._backends.chain[0]
         order = [intended]
         if fallback:
-            order += [a for a in self._backends.chain if a is not intended]
+            order += [b for b in self._backends.chain if b is not intended]
         # Skip what is known to be down; if that is everything, the cache may be stale.
-        live = [a for a in order if self._availability.is_routable(a.id)]
+        live = [b for b in order if self.routable(b)]
         return Plan(intended, tuple(live or order))
 
-    async def serve(
-        self, plan: Plan, chat: ChatRequest, sink: Sink | None, watchdog: Watchdog
-    ) -> Served:
+    async def serve(self, plan: Plan, job: Job, sink: Sink | None, watchdog: Watchdog) -> Served:
         """The answer of the first candidate that gives one; `sink` (if any) sees it as it
         streams. Raises `NoAdapterServed` when every candidate failed before its first
-        chunk, `StreamBroken` when one failed after it."""
+        chunk, `StreamBroken` when one failed after it, `QueueFull` when every candidate's
+        queue is full."""
         failures: list[tuple[str, str]] = []
-        previous: Adapter | None = plan.intended if plan.skipped else None
-        for adapter in plan.candidates:
+        remaining = list(plan.candidates)
+        previous: Backend | None = plan.intended if plan.skipped else None
+        while remaining:
+            index, host = self._capacity.place(remaining)
+            passed_over = remaining[0]
+            backend = remaining.pop(index)
             if previous is not None:
-                self._metrics.failovers.labels(previous.id, adapter.id).inc()
-            previous = adapter
-            fallback_from = None if adapter is plan.intended else plan.intended.id
+                self._metrics.failovers.labels(previous.id, backend.id).inc()
+            elif index > 0:
+                self._metrics.spills.labels(passed_over.id, backend.id).inc()
+            previous = backend
+            fallback_from = None if backend is plan.intended else plan.intended.id
             try:
-                return await self._attempt(adapter, fallback_from, chat, sink, watchdog)
+                return await self._on_slot(host, fallback_from, job, sink, watchdog)
             except UpstreamError as exc:
                 if not exc.failover:
                     raise
-                failures.append((adapter.name, exc.message))
+                failures.append((host.name, exc.message))
         raise NoAdapterServed(failures, self._retry_after_s)
+
+    async def _on_slot(
+        self,
+        host: Adapter,
+        fallback_from: str | None,
+        job: Job,
+        sink: Sink | None,
+        watchdog: Watchdog,
+    ) -> Served:
+        """Wait for a slot on `host` (in line, told its place), then stream the answer."""
+        slots = self._capacity.of(host)
+        on_position = None
+        if sink is not None:
+            queued = sink.queued
+
+            async def on_position(position: int, wait: float | None) -> None:
+                await queued(position, host.id, wait)
+
+        asked = time.perf_counter()
+        try:
+            await slots.acquire(on_position)
+        except asyncio.CancelledError:
+            raise self._cancelled(watchdog) from None
+        started = time.perf_counter()
+        self._metrics.queue_wait.labels(host.id).observe(started - asked)
+        served = None
+        try:
+            served = await self._attempt(host, fallback_from, job, sink, watchdog)
+            return served
+        finally:
+            slots.release(time.perf_counter() - started if served else None)
 
     async def _attempt(
         self,
-        adapter: Adapter,
+        host: Adapter,
         fallback_from: str | None,
-        chat: ChatRequest,
+        job: Job,
         sink: Sink | None,
         watchdog: Watchdog,
     ) -> Served:
@@ -121,24 +175,46 @@ class Router:
         parts: list[str] = []
         chars = 0
         first_chunk_at = 0.0
-        watchdog.begin_attempt(adapter.first_token_timeout_s)
-        stop_listening = self._availability.on_down(adapter.id, watchdog.abort)
+        writing = False  # waiting on the client, not on the upstream
+        watchdog.begin_attempt(host.first_token_timeout_s)
+        stop_listening = self._availability.on_down(host, watchdog.abort)
         try:
-            async with aclosing(adapter.stream(chat, finish)) as chunks:
-                async for chunk in chunks:
-                    watchdog.progress()
-                    if not parts:
-                        first_chunk_at = time.perf_counter()
-                        stop_listening()
-                        self._availability.streaming(adapter.id, +1)
-                        if sink is not None:
-                            await sink.start(adapter, fallback_from)
-                    parts.append(chunk)
-                    chars += len(chunk)
-                    if chars > self._max_output_chars:
-                        raise OutputTooLong()
+            for before, chat in job.requests(self._capacity.context(host)):
+                if parts and before:  # between pieces: the text's own separator
+                    parts.append(before)
+                    chars += len(before)
                     if sink is not None:
-                        await sink.text(chunk)
+                        writing = True
+                        await sink.text(before)
+                        writing = False
+                piece = Finish()
+                produced = False
+                async with aclosing(host.stream(chat, piece)) as chunks:
+                    async for chunk in chunks:
+                        watchdog.progress()
+                        produced = True
+                        if not parts:
+                            first_chunk_at = time.perf_counter()
+                            stop_listening()
+                            stop_listening = self._availability.on_down(
+                                host, self._abort_if_silent(watchdog)
+                            )
+                            self._availability.streaming(host, watchdog, True)
+                            if sink is not None:
+                                await sink.start(host, fallback_from)
+                        parts.append(chunk)
+                        chars += len(chunk)
+                        if chars > self._max_output_chars:
+                            raise OutputTooLong()
+                        if sink is not None:
+                            writing = True
+                            await sink.text(chunk)
+                            writing = False
+                if not produced:
+                    raise UpstreamError(
+                        f"{host.name} returned an empty answer", kind="protocol", marks_down=False
+                    )
+                finish = _merged(finish, piece)
         except asyncio.CancelledError:
             stop_listening()
             reason = watchdog.take_expiry()
@@ -148,38 +224,72 @@ class Router:
                 raise RequestTimeout("request timeout") from None
             if reason == SHUTDOWN:
                 raise ServerShuttingDown(self._retry_after_s) from None
-            error = self._timeout_error(adapter, reason)
-            self._failed(adapter, error)
+            if writing:
+                raise ClientStalled() from None
+            error = self._timeout_error(host, reason)
+            self._failed(host, error)
             raise (StreamBroken(error) if parts else error) from None
         except UpstreamError as exc:
             stop_listening()
-            self._failed(adapter, exc)
+            self._failed(host, exc)
             if parts:
                 raise StreamBroken(exc) from exc
             raise
         finally:
             stop_listening()
             if parts:
-                self._availability.streaming(adapter.id, -1)
-        if not parts:
-            error = UpstreamError(
-                f"{adapter.name} returned an empty answer", kind="protocol", marks_down=False
-            )
-            self._failed(adapter, error)
-            raise error
-        self._availability.mark_up(adapter)
-        return Served(adapter, fallback_from, "".join(parts), finish, first_chunk_at)
+                self._availability.streaming(host, watchdog, False)
+        self._availability.mark_up(host)
+        return Served(host, fallback_from, encodable("".join(parts)), finish, first_chunk_at)
 
-    def _timeout_error(self, adapter: Adapter, reason: str) -> UpstreamError:
+    def _cancelled(self, watchdog: Watchdog) -> BaseException:
+        """A cancellation while waiting for a slot, as what it means."""
+        reason = watchdog.take_expiry()
+        if reason == TOTAL:
+            return RequestTimeout("request timeout")
+        if reason == SHUTDOWN:
+            return ServerShuttingDown(self._retry_after_s)
+        return asyncio.CancelledError()
+
+    def _abort_if_silent(self, watchdog: Watchdog) -> Callable[[str], None]:
+        """Once text flows, the host going down ends this stream only if it has gone silent
+        (a frozen server): a stream still producing is left to finish."""
+        loop = asyncio.get_running_loop()
+
+        def listener(reason: str) -> None:
+            last = watchdog.last_progress
+            if last is None or loop.time() - last >= self._silent_s:
+                watchdog.abort(reason)
+
+        return listener
+
+    def _timeout_error(self, host: Adapter, reason: str) -> UpstreamError:
         if reason == "first_token":
-            message = f"no first token within {adapter.first_token_timeout_s:g} s"
+            message = f"no first token within {host.first_token_timeout_s:g} s"
         elif reason == "idle":
             message = "upstream stopped sending output"
         else:
             message = reason
         return UpstreamError(message, kind="timeout", status=504)
 
-    def _failed(self, adapter: Adapter, error: UpstreamError) -> None:
-        self._metrics.upstream_errors.labels(adapter.id, error.kind).inc()
+    def _failed(self, host: Adapter, error: UpstreamError) -> None:
+        self._metrics.upstream_errors.labels(host.id, error.kind).inc()
         if error.marks_down:
-            self._availability.mark_down(adapter, error.message)
+            self._availability.mark_down(host, error.message)
+
+
+def _merged(whole: Finish, piece: Finish) -> Finish:
+    """How an answer in pieces ended: cut short if any piece was; its usage summed."""
+    reason = "length" if "length" in (whole.reason, piece.reason) else piece.reason
+    usage = piece.usage
+    if whole.usage is not None and usage is not None:
+        done = whole.usage.completion_tokens + usage.completion_tokens
+        speeds = [
+            (u.tokens_per_second, u.completion_tokens)
+            for u in (whole.usage, usage)
+            if u.tokens_per_second is not None
+        ]
+        weight = sum(n for _, n in speeds)
+        speed = round(sum(s * n for s, n in speeds) / weight, 2) if weight else None
+        usage = Usage(whole.usage.prompt_tokens + usage.prompt_tokens, done, speed)
+    return Finish(reason, usage or whole.usage, piece.ended)

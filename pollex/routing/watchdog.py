@@ -1,5 +1,8 @@
 """Time limits of one polish: first token, silence between tokens, the whole request.
 
+The whole-request limit runs from the start, a wait for a slot included; the first-token
+limit starts with each attempt, when the request has its slot.
+
 One timer per request, re-armed lazily: each chunk only stores the time it arrived, and
 when the timer fires it either finds progress and re-arms at the new deadline, or cancels
 the task that waits on the upstream. That keeps the per-token cost at one float store,
@@ -9,6 +12,7 @@ where rescheduling a timeout per chunk would cost a heap operation each time.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 
 SHUTDOWN = "shutdown"
@@ -23,12 +27,14 @@ class Watchdog:
         self._task = task
         self._idle = idle_s
         self._total_deadline = self._loop.time() + total_s
-        self._first_token = 0.0
+        # Until an attempt begins (while the request waits for a slot) only the total counts.
+        self._first_token = math.inf
         self._attempt_start = 0.0
         self.last_progress: float | None = None
         self._expired: str | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._finished = False
+        self._arm()
 
     def begin_attempt(self, first_token_s: float) -> None:
         """A new upstream is asked: it gets its own first-token budget."""

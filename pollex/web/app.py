@@ -16,6 +16,7 @@ from pollex.adapters.providers import open_backends
 from pollex.config import Config
 from pollex.metrics import Metrics
 from pollex.routing.availability import Availability
+from pollex.routing.capacity import Capacity
 from pollex.routing.inflight import InFlight
 from pollex.routing.router import Router
 from pollex.web import polish, status
@@ -24,6 +25,7 @@ from pollex.web.guard import SlidingWindowLimiter
 from pollex.web.keys import (
     AVAILABILITY,
     BACKENDS,
+    CAPACITY,
     CONFIG,
     IN_FLIGHT,
     LIMITER,
@@ -73,21 +75,33 @@ def _backends(
             backends = given
             if backends is None:
                 backends = await stack.enter_async_context(open_backends(config))
+            metrics = app[METRICS]
+            metrics.know(list(backends.by_id))
             availability = Availability(
-                list(backends.by_id.values()),
-                app[METRICS],
+                backends.hosts(),
+                metrics,
                 interval_s=config.probe_interval_s,
                 interval_down_s=config.probe_interval_down_s,
                 probe_timeout_s=config.probe_timeout_s,
             )
+            capacity = Capacity(
+                list(backends.by_id.values()),
+                availability,
+                metrics,
+                max_queue=config.max_queue,
+                max_queue_wait_s=config.max_queue_wait_s,
+            )
             app[BACKENDS] = backends
             app[AVAILABILITY] = availability
+            app[CAPACITY] = capacity
             app[ROUTER] = Router(
                 backends,
                 availability,
-                app[METRICS],
+                capacity,
+                metrics,
                 max_output_chars=config.max_output_chars,
                 retry_after_s=max(1, math.ceil(config.probe_interval_s)),
+                silent_s=config.probe_timeout_s,
             )
             yield
 

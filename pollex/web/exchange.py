@@ -1,11 +1,11 @@
 """One polish over HTTP, for both APIs: the JSON answer, the streamed answer.
 
-The route modules parse their request into a `Plan` and a `ChatRequest` and pick a JSON
-body or a `Wire`; from there the path is the same: the router serves under the request's
-time limits (a watchdog, known to graceful shutdown), then the outcome is logged and
-counted once. A failure before anything was sent propagates to the middleware, which
-answers it in the API's error shape; once a stream's headers are out, every failure is
-an in-band error of the wire, never a second response.
+The route modules parse their request into a `Plan` and a `Job` and pick a JSON body or
+a `Wire`; from there the path is the same: the router serves under the request's time
+limits (a watchdog, known to graceful shutdown), then the outcome is logged and counted
+once. A failure before anything was sent propagates to the middleware, which answers it in
+the API's error shape; once a stream's headers are out, every failure — an unexpected
+exception included — is an in-band error of the wire, never a second response.
 """
 
 from __future__ import annotations
@@ -17,16 +17,20 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import structlog
 from aiohttp import web
 
-from pollex.adapters import Adapter, ChatRequest
-from pollex.errors import BadRequest, PollexError, RequestTimeout
+from pollex.adapters import Adapter
+from pollex.errors import BadRequest, ClientStalled, PollexError, RequestTimeout
+from pollex.routing.jobs import Job
 from pollex.routing.router import Plan, Served, Sink
 from pollex.routing.watchdog import Watchdog
 from pollex.web.errors import record_failure
 from pollex.web.keys import CONFIG, IN_FLIGHT, LOG_FIELDS, METRICS, ROUTER
 from pollex.web.sse import EventStream
 from pollex.web.wires import Answer, Wire
+
+log = structlog.get_logger("pollex.exchange")
 
 
 async def read_json_body(request: web.Request) -> Any:
@@ -40,28 +44,28 @@ async def read_json_body(request: web.Request) -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
-def count_input(request: web.Request, chars: int) -> None:
-    request[LOG_FIELDS]["input_chars"] = chars
-    request.config_dict[METRICS].input_chars.observe(chars)
+def count_input(request: web.Request, job: Job) -> None:
+    request[LOG_FIELDS]["input_chars"] = job.input_chars
+    request.config_dict[METRICS].input_chars.observe(job.input_chars)
 
 
 async def serve_json(
     request: web.Request,
     plan: Plan,
-    chat: ChatRequest,
+    job: Job,
     started: float,
     body: Callable[[Answer], dict[str, Any]],
 ) -> web.Response:
     """The whole answer as one JSON body, under `request_timeout_s`."""
     timeout_s = request.config_dict[CONFIG].request_timeout_s
-    served = await _serve(request, plan, chat, None, timeout_s)
+    served = await _serve(request, plan, job, None, timeout_s)
     return web.json_response(body(_succeeded(request, served, started)))
 
 
 async def serve_stream(
     request: web.Request,
     plan: Plan,
-    chat: ChatRequest,
+    job: Job,
     started: float,
     wire: Wire,
     *,
@@ -78,14 +82,24 @@ async def serve_stream(
                 await stream.open()
             try:
                 served = await _serve(
-                    request, plan, chat, _StreamSink(stream, wire), config.stream_timeout_s
+                    request, plan, job, _StreamSink(stream, wire), config.stream_timeout_s
                 )
             except PollexError as exc:
                 if not stream.opened:
                     raise
                 record_failure(request, exc)
+                if isinstance(exc, ClientStalled):
+                    stream.abort()  # it is not reading: nothing more can reach it
+                    return stream.response
                 message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
                 await stream.finish(wire.error(message, exc.status), last_write_s)
+            except Exception:
+                if not stream.opened:
+                    raise
+                # A bug, after the headers went out: end the stream, never a second response.
+                log.exception("unhandled_error")
+                request[LOG_FIELDS].update(outcome="upstream_error", error="internal error")
+                await stream.finish(wire.error("internal error", 500), last_write_s)
             else:
                 await stream.finish(wire.done(_succeeded(request, served, started)), last_write_s)
         finally:
@@ -102,6 +116,11 @@ class _StreamSink:
         self._wire = wire
         self._pending = b""
 
+    async def queued(self, position: int, model: str, estimated_wait_s: float | None) -> None:
+        data = self._wire.queued(position, model, estimated_wait_s)
+        if data:
+            await self._stream.write(data)
+
     async def start(self, adapter: Adapter, fallback_from: str | None) -> None:
         self._pending = self._wire.start(adapter, fallback_from)
 
@@ -113,14 +132,14 @@ class _StreamSink:
 
 
 async def _serve(
-    request: web.Request, plan: Plan, chat: ChatRequest, sink: Sink | None, total_s: float
+    request: web.Request, plan: Plan, job: Job, sink: Sink | None, total_s: float
 ) -> Served:
     """`Router.serve` under the request's time limits, known to graceful shutdown."""
     app = request.config_dict
     watchdog = Watchdog(idle_s=app[CONFIG].idle_timeout_s, total_s=total_s)
     try:
         with app[IN_FLIGHT].track(watchdog):
-            return await app[ROUTER].serve(plan, chat, sink, watchdog)
+            return await app[ROUTER].serve(plan, job, sink, watchdog)
     finally:
         watchdog.stop()
 

@@ -10,6 +10,7 @@ from pollex.adapters import Backends
 from pollex.config import Config
 from pollex.metrics import Metrics
 from pollex.routing.availability import Availability
+from pollex.routing.capacity import Capacity
 from pollex.routing.inflight import InFlight
 from pollex.routing.router import Router
 from pollex.web.guard import SlidingWindowLimiter
@@ -19,6 +20,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SYSTEM_PROMPT = web.AppKey("system_prompt", str)
 BACKENDS = web.AppKey("backends", Backends)
 AVAILABILITY = web.AppKey("availability", Availability)
+CAPACITY = web.AppKey("capacity", Capacity)
 ROUTER = web.AppKey("router", Router)
 LIMITER = web.AppKey("limiter", SlidingWindowLimiter)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)

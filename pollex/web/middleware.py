@@ -77,6 +77,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(request, exc.status, _http_message(exc), headers=headers)
     except Exception:  # the boundary: a bug must answer JSON 500, not a traceback page
         log.exception("unhandled_error")
+        if request.writer.output_size > 0:
+            # Headers are out: a second response would land inside the body. aiohttp
+            # closes the connection instead (the streams end themselves in-band first).
+            raise
         return error_response(request, 500, "internal error")
 
 

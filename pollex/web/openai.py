@@ -68,14 +68,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         plan = app[ROUTER].plan(params.backend_id, True)
     except UnknownModel as exc:
         raise ModelNotFound(exc.message) from None
-    chat = params.chat(app[SYSTEM_PROMPT], config.max_output_tokens)
+    job = params.job(app[SYSTEM_PROMPT], config.max_output_tokens)
     request[LOG_FIELDS]["mode"] = "openai_polish" if params.polish else "openai_chat"
-    exchange.count_input(request, params.input_chars)
+    exchange.count_input(request, job)
     if params.stream:
         wire = OpenAIWire(_completion_id(request), int(time.time()), params.include_usage)
-        return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=True)
+        return await exchange.serve_stream(request, plan, job, started, wire, defer_headers=True)
     return await exchange.serve_json(
-        request, plan, chat, started, lambda answer: _completion(request, answer)
+        request, plan, job, started, lambda answer: _completion(request, answer)
     )
 
 

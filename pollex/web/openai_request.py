@@ -22,6 +22,7 @@ from typing import Any
 
 from pollex.adapters import ChatRequest, Message
 from pollex.errors import BadRequest
+from pollex.routing.jobs import ChatJob, Job, PolishJob
 
 POLISH_MODELS = frozenset({"pollex", "pollex:polish"})
 CHAT_MODEL = "pollex:chat"
@@ -63,17 +64,13 @@ class CompletionParams:
             max_tokens=_max_tokens(body),
         )
 
-    def chat(self, system_prompt: str, max_output_tokens: int) -> ChatRequest:
+    def job(self, system_prompt: str, max_output_tokens: int) -> Job:
+        """A polish (bounded by the text, and by `max_tokens` when the client asks for
+        less), or the messages passed through."""
         limit = min(self.max_tokens or max_output_tokens, max_output_tokens)
         if self.polish:
-            return ChatRequest.polish(_last_user_text(self.messages), system_prompt, limit)
-        return ChatRequest(self.messages, limit)
-
-    @property
-    def input_chars(self) -> int:
-        if self.polish:
-            return len(_last_user_text(self.messages))
-        return sum(len(m.content) for m in self.messages)
+            return PolishJob(_last_user_text(self.messages), system_prompt, limit)
+        return ChatJob(ChatRequest(self.messages, limit))
 
 
 def _messages(value: Any) -> tuple[Message, ...]:

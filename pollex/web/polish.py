@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pollex.adapters import ChatRequest
 from pollex.errors import BadRequest
+from pollex.routing.jobs import PolishJob
 from pollex.web import exchange
 from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
 from pollex.web.wires import Answer, PollexWire
@@ -56,12 +56,12 @@ async def polish(request: web.Request) -> web.StreamResponse:
     config = app[CONFIG]
     params = PolishParams.parse(await exchange.read_json_body(request), config.max_text_chars)
     plan = app[ROUTER].plan(params.model_id, params.fallback)
-    chat = ChatRequest.polish(params.text, app[SYSTEM_PROMPT], config.max_output_tokens)
-    exchange.count_input(request, len(params.text))
+    job = PolishJob(params.text, app[SYSTEM_PROMPT], config.max_output_tokens)
+    exchange.count_input(request, job)
     if params.stream or "text/event-stream" in request.headers.get("Accept", ""):
         wire = PollexWire(request[REQUEST_ID])
-        return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=False)
-    return await exchange.serve_json(request, plan, chat, started, _json_answer)
+        return await exchange.serve_stream(request, plan, job, started, wire, defer_headers=False)
+    return await exchange.serve_json(request, plan, job, started, _json_answer)
 
 
 def _json_answer(answer: Answer) -> dict[str, Any]:

@@ -100,6 +100,13 @@ class EventStream:
         except asyncio.TimeoutError:
             transport.abort()
 
+    def abort(self) -> None:
+        """Drop the connection: for a client that stopped reading."""
+        self.close()
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
     def close(self) -> None:
         """No more keep-alives, and no deferred opening any more."""
         if self._timer is not None:

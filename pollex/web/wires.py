@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pollex.adapters import Adapter, Usage
+from pollex.parsing import encodable
 from pollex.routing.router import Served
 from pollex.web.sse import dumps, encode
 
@@ -28,6 +29,8 @@ class Answer:
 
 
 class Wire(Protocol):
+    def queued(self, position: int, model: str, estimated_wait_s: float | None) -> bytes: ...
+
     def start(self, adapter: Adapter, fallback_from: str | None) -> bytes: ...
 
     def text(self, chunk: str) -> bytes: ...
@@ -44,10 +47,15 @@ DELTA_SUFFIX = b"}\n\n"
 
 
 class PollexWire:
-    """`start`, `delta`..., then `done` or `error` (README: Streaming events)."""
+    """`queued`... while waiting for a slot, `start`, `delta`..., then `done` or `error`
+    (README: the API)."""
 
     def __init__(self, request_id: str) -> None:
         self._request_id = request_id
+
+    def queued(self, position: int, model: str, estimated_wait_s: float | None) -> bytes:
+        wait = None if estimated_wait_s is None else round(estimated_wait_s, 1)
+        return encode("queued", {"position": position, "model": model, "estimated_wait_s": wait})
 
     def start(self, adapter: Adapter, fallback_from: str | None) -> bytes:
         return encode(
@@ -61,7 +69,10 @@ class PollexWire:
         )
 
     def text(self, chunk: str) -> bytes:
-        return DELTA_PREFIX + dumps(chunk).encode() + DELTA_SUFFIX
+        try:
+            return DELTA_PREFIX + dumps(chunk).encode() + DELTA_SUFFIX
+        except UnicodeEncodeError:
+            return DELTA_PREFIX + dumps(encodable(chunk)).encode() + DELTA_SUFFIX
 
     def done(self, answer: Answer) -> bytes:
         return encode("done", done_payload(answer))
@@ -108,6 +119,10 @@ class OpenAIWire:
         self._base: dict[str, Any] = {}
         self._content_head = b""
 
+    def queued(self, position: int, model: str, estimated_wait_s: float | None) -> bytes:
+        """Nothing: an OpenAI stream carries no foreign events (keep-alives go on)."""
+        return b""
+
     def start(self, adapter: Adapter, fallback_from: str | None) -> bytes:
         self._base = {
             "id": self._id,
@@ -120,7 +135,11 @@ class OpenAIWire:
         return self._choice({"role": "assistant", "content": ""}, None)
 
     def text(self, chunk: str) -> bytes:
-        return self._content_head + dumps(chunk).encode() + b'},"finish_reason":null}]}\n\n'
+        try:
+            content = dumps(chunk).encode()
+        except UnicodeEncodeError:
+            content = dumps(encodable(chunk)).encode()
+        return self._content_head + content + b'},"finish_reason":null}]}\n\n'
 
     def done(self, answer: Answer) -> bytes:
         finish = answer.served.finish

@@ -18,6 +18,7 @@ from fakes import WORDS
 from helpers import TEXT, collect, collect_error
 from helpers import claude as make_claude
 from multidict import CIMultiDict
+from structlog.testing import capture_logs
 from yarl import URL
 
 from pollex.adapters import ChatRequest, Finish, Message, ProbeResult, Usage
@@ -274,7 +275,7 @@ async def test_stream_events(
         pytest.param(
             start() + delta("I") + event("error", error_body("overloaded_error", "Overloaded")),
             "status",
-            "anthropic: Overloaded (overloaded_error)",
+            "anthropic reported overloaded_error",
             True,
             True,
             id="overloaded",
@@ -282,7 +283,7 @@ async def test_stream_events(
         pytest.param(
             start() + event("error", error_body("api_error", "Internal")),
             "status",
-            "anthropic: Internal (api_error)",
+            "anthropic reported api_error",
             True,
             True,
             id="api-error",
@@ -290,7 +291,7 @@ async def test_stream_events(
         pytest.param(
             start() + event("error", error_body("rate_limit_error", "Slow down")),
             "status",
-            "anthropic: Slow down (rate_limit_error)",
+            "anthropic reported rate_limit_error",
             True,
             True,
             id="rate-limit",
@@ -298,7 +299,7 @@ async def test_stream_events(
         pytest.param(
             start() + event("error", error_body("invalid_request_error", "bad")),
             "status",
-            "anthropic: bad (invalid_request_error)",
+            "anthropic reported invalid_request_error",
             False,
             False,
             id="invalid-request",
@@ -306,7 +307,7 @@ async def test_stream_events(
         pytest.param(
             start() + event(None, error_body("overloaded_error", "Overloaded")),
             "status",
-            "anthropic: Overloaded (overloaded_error)",
+            "anthropic reported overloaded_error",
             True,
             True,
             id="type-only-error",
@@ -314,10 +315,19 @@ async def test_stream_events(
         pytest.param(
             start() + event("error", {"type": "error"}),
             "status",
-            "anthropic: error (error)",
+            "anthropic reported an error",
             False,
             False,
             id="error-without-details",
+        ),
+        pytest.param(
+            # Not one of Anthropic's names: its type may carry anything, so it is not shown.
+            start() + event("error", error_body("bad: i goes to store", "bad")),
+            "status",
+            "anthropic reported an error",
+            False,
+            False,
+            id="error-type-not-a-name",
         ),
         pytest.param(
             start() + b"event: ping\ndata: {\n\n",
@@ -363,7 +373,13 @@ async def test_stream_errors(
     marks_down: bool,
 ) -> None:
     mock.post(str(MESSAGES_URL), body=body, headers=SSE)
-    _, error = await collect_error(claude(session))
+    with capture_logs() as logs:
+        _, error = await collect_error(claude(session))
     assert error.kind == kind
     assert str(error) == message
     assert (error.failover, error.marks_down) == (failover, marks_down)
+    if kind == "status":
+        # Anthropic's own message is for the debug log only, cut short.
+        reported = [e for e in logs if e["event"] == "upstream_reported_error"]
+        assert [(e["log_level"], e["upstream"]) for e in reported] == [("debug", "anthropic")]
+        assert len(reported[0]["detail"]) <= 200

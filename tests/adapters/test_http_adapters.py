@@ -22,6 +22,7 @@ from aioresponses import aioresponses
 from captures import load, wire_chunks
 from fakes import WORDS, closed_port_url
 from helpers import CHAT, SYSTEM, TEXT, claude, collect, collect_error, llamacpp, ollama
+from structlog.testing import capture_logs
 
 from pollex.adapters import Adapter, Finish, ProbeResult, Usage
 from pollex.errors import UpstreamError
@@ -31,12 +32,14 @@ MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": T
 
 
 class MidStream(NamedTuple):
-    """What the fake's in-band error gives: the texts before it, and the error."""
+    """What the fake's in-band error gives: the texts before it, and the error; `detail` is
+    the upstream's own words, which stay out of the error (they may quote the request)."""
 
     chunks: int
     message: str
     failover: bool
     marks_down: bool
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,9 @@ LLAMACPP = Upstream(
     hang=_hang_by("chat"),
     first=wire_chunks("chat-stream.wire.http")[0],
     long_line=b"data: " + b"x" * 300,
-    mid_stream=MidStream(3, "llama-server: llama_decode failed: out of memory", True, False),
+    mid_stream=MidStream(
+        3, "llama-server reported an error", True, False, "llama_decode failed: out of memory"
+    ),
     # SSE ignores a line that is no field, so the page is a stream that just ends.
     garbage="llama-server stream ended before [DONE]",
 )
@@ -180,10 +185,15 @@ OLLAMA = Upstream(
     first=b'{"message": {"role": "assistant", "content": "I"}, "done": false}\n',
     long_line=b'{"message": "' + b"x" * 300,
     mid_stream=MidStream(
-        2, "ollama: an error was encountered while running the model", True, False
+        2,
+        "ollama reported an error",
+        True,
+        False,
+        "an error was encountered while running the model",
     ),
-    # NDJSON: the fragment left at EOF must be a whole JSON document.
-    garbage=f"malformed upstream stream: not JSON: {PAGE.encode()!r}",
+    # NDJSON: the fragment left at EOF must be a whole JSON document (what it was is for
+    # the debug log, not the error).
+    garbage="malformed upstream stream",
 )
 CLAUDE = Upstream(
     provider="claude",
@@ -204,7 +214,8 @@ CLAUDE = Upstream(
     hang=_record_then_hang,
     first=_claude_delta("I"),
     long_line=b"data: " + b"x" * 300,
-    mid_stream=MidStream(2, "anthropic: Overloaded (overloaded_error)", True, True),
+    # Anthropic's error type is a name of its own, shown; its message is not.
+    mid_stream=MidStream(2, "anthropic reported overloaded_error", True, True, "Overloaded"),
     garbage="anthropic stream ended before message_stop",
 )
 UPSTREAMS = [LLAMACPP, OLLAMA, CLAUDE]
@@ -315,10 +326,19 @@ def _anthropic_error(kind: str, message: str) -> str:
 
 
 def _row(
-    spec: Upstream, status: int, body: str, message: str, failover: bool, marks_down: bool, id: str
+    spec: Upstream,
+    status: int,
+    body: str,
+    detail: str,
+    failover: bool,
+    marks_down: bool,
+    id: str,
+    what: str = "",
 ) -> Any:
+    """`detail`: the upstream's own words, which go to the debug log and never into the
+    error; `what`: the class of failure pollex recognised, which the error names."""
     return pytest.param(
-        spec, status, body, message, failover, marks_down, id=f"{spec.provider}-{id}"
+        spec, status, body, detail, what, failover, marks_down, id=f"{spec.provider}-{id}"
     )
 
 
@@ -346,6 +366,7 @@ STATUS_ERRORS = [
         True,
         False,
         "400-context",
+        what="context exceeded",
     ),
     _row(
         LLAMACPP,
@@ -528,7 +549,7 @@ STATUS_ERRORS = [
 
 
 @pytest.mark.parametrize(
-    ("spec", "status", "body", "message", "failover", "marks_down"), STATUS_ERRORS
+    ("spec", "status", "body", "detail", "what", "failover", "marks_down"), STATUS_ERRORS
 )
 async def test_status_error(
     mock: aioresponses,
@@ -536,26 +557,48 @@ async def test_status_error(
     spec: Upstream,
     status: int,
     body: str,
-    message: str,
+    detail: str,
+    what: str,
     failover: bool,
     marks_down: bool,
 ) -> None:
     mock.post(spec.url, status=status, body=body)
-    chunks, error = await collect_error(spec.adapter(session, BASE))
+    with capture_logs() as logs:
+        chunks, error = await collect_error(spec.adapter(session, BASE))
     assert chunks == []
-    assert message in str(error)
-    assert str(error).startswith(f"{spec.upstream}: ")
-    assert str(error).endswith(f"(HTTP {status})")
+    suffix = f" ({what})" if what else ""
+    assert str(error) == f"{spec.upstream} answered HTTP {status}{suffix}"
+    assert detail not in str(error)
     assert (error.kind, error.failover, error.marks_down) == ("status", failover, marks_down)
+    # The upstream's message goes to the debug log, cut short.
+    logged = [e for e in logs if e["event"] == "upstream_status"]
+    assert [(e["log_level"], e["upstream"], e["status"]) for e in logged] == [
+        ("debug", spec.upstream, status)
+    ]
+    assert detail in logged[0]["detail"]
+    assert len(logged[0]["detail"]) <= 200
+
+
+async def test_status_error_detail_is_cut_in_the_log(
+    mock: aioresponses, session: aiohttp.ClientSession, spec: Upstream
+) -> None:
+    """An upstream message of any length is logged at most 200 characters long."""
+    mock.post(spec.url, status=500, body=json.dumps({"error": "x" * 5000}))
+    with capture_logs() as logs:
+        _, error = await collect_error(spec.adapter(session, BASE))
+    assert str(error) == f"{spec.upstream} answered HTTP 500"
+    (logged,) = [e for e in logs if e["event"] == "upstream_status"]
+    assert 0 < len(logged["detail"]) <= 200
 
 
 @pytest.mark.parametrize(
-    ("spec", "answer", "message", "failover", "marks_down"),
+    ("spec", "answer", "message", "detail", "failover", "marks_down"),
     [
         pytest.param(
             LLAMACPP,
             "loading",
-            "llama-server: Loading model (HTTP 503)",
+            "llama-server answered HTTP 503",
+            "Loading model",
             True,
             True,
             id="llamacpp-loading",
@@ -563,7 +606,8 @@ async def test_status_error(
         pytest.param(
             LLAMACPP,
             "error500",
-            f"llama-server: {_capture_message('error-not-json.http')} (HTTP 500)",
+            "llama-server answered HTTP 500",
+            _capture_message("error-not-json.http"),
             True,
             True,
             id="llamacpp-error500",
@@ -571,7 +615,8 @@ async def test_status_error(
         pytest.param(
             LLAMACPP,
             "context",
-            f"llama-server: {_capture_message('error-context-exceeded.http')} (HTTP 400)",
+            "llama-server answered HTTP 400 (context exceeded)",
+            _capture_message("error-context-exceeded.http"),
             True,
             False,
             id="llamacpp-context",
@@ -579,7 +624,8 @@ async def test_status_error(
         pytest.param(
             LLAMACPP,
             "bad_request",
-            "llama-server: 'messages' is required (HTTP 400)",
+            "llama-server answered HTTP 400",
+            "'messages' is required",
             False,
             False,
             id="llamacpp-bad-request",
@@ -587,7 +633,8 @@ async def test_status_error(
         pytest.param(
             OLLAMA,
             "missing_model",
-            f"ollama: {MODEL_MISSING} (HTTP 404)",
+            "ollama answered HTTP 404",
+            MODEL_MISSING,
             True,
             True,
             id="ollama-missing-model",
@@ -595,7 +642,8 @@ async def test_status_error(
         pytest.param(
             OLLAMA,
             "error500",
-            "ollama: llama runner process has terminated (HTTP 500)",
+            "ollama answered HTTP 500",
+            "llama runner process has terminated",
             True,
             True,
             id="ollama-error500",
@@ -603,7 +651,8 @@ async def test_status_error(
         pytest.param(
             CLAUDE,
             "overloaded",
-            "anthropic: Overloaded (HTTP 529)",
+            "anthropic answered HTTP 529",
+            "Overloaded",
             True,
             True,
             id="claude-overloaded",
@@ -611,7 +660,8 @@ async def test_status_error(
         pytest.param(
             CLAUDE,
             "unauthorized",
-            "anthropic: invalid x-api-key (HTTP 401)",
+            "anthropic answered HTTP 401",
+            "invalid x-api-key",
             False,
             True,
             id="claude-unauthorized",
@@ -624,14 +674,18 @@ async def test_status_error_over_the_wire(
     fake: Any,
     answer: str,
     message: str,
+    detail: str,
     failover: bool,
     marks_down: bool,
 ) -> None:
     setattr(fake.fake, spec.knob, answer)
-    chunks, error = await collect_error(spec.adapter(session, fake.url))
+    with capture_logs() as logs:
+        chunks, error = await collect_error(spec.adapter(session, fake.url))
     assert chunks == []
     assert str(error) == message
     assert (error.kind, error.failover, error.marks_down) == ("status", failover, marks_down)
+    (logged,) = [e for e in logs if e["event"] == "upstream_status"]
+    assert detail[:200] in logged["detail"]
 
 
 # --- 200 answers that are not a whole stream (aioresponses) ----------------------------------
@@ -645,6 +699,7 @@ async def test_garbage_200(
     chunks, error = await collect_error(spec.adapter(session, BASE))
     assert chunks == []
     assert str(error) == spec.garbage
+    assert "proxy error" not in str(error)  # what the upstream sent is not repeated
     assert (error.kind, error.failover, error.marks_down) == ("protocol", True, True)
 
 
@@ -683,10 +738,16 @@ async def test_stream_line_too_long(
 
 
 async def test_stream_unreachable(session: aiohttp.ClientSession, spec: Upstream) -> None:
-    chunks, error = await collect_error(spec.adapter(session, closed_port_url()))
+    url = closed_port_url()
+    with capture_logs() as logs:
+        chunks, error = await collect_error(spec.adapter(session, url))
     assert chunks == []
-    assert str(error).startswith(f"{spec.upstream} unreachable: ")
+    # The class of failure only: no address, no OS error text (those are for the log).
+    assert str(error) == f"{spec.upstream} unreachable"
     assert (error.kind, error.failover, error.marks_down) == ("connect", True, True)
+    (logged,) = [e for e in logs if e["event"] == "upstream_unreachable"]
+    assert (logged["log_level"], logged["upstream"]) == ("debug", spec.upstream)
+    assert url.rsplit(":", 1)[1] in logged["detail"]  # the port, for whoever reads the log
 
 
 async def test_stream_mid_stream_error(
@@ -695,10 +756,15 @@ async def test_stream_mid_stream_error(
     """The upstream's own in-band error after some text (llama-server's current dialect;
     b5050's is in test_llamacpp)."""
     fake.fake.mid_stream_error = True
-    chunks, error = await collect_error(spec.adapter(session, fake.url))
+    with capture_logs() as logs:
+        chunks, error = await collect_error(spec.adapter(session, fake.url))
     expected = spec.mid_stream
     assert chunks == list(spec.chunks[: expected.chunks])
     assert str(error) == expected.message
+    assert expected.detail not in str(error)
+    (logged,) = [e for e in logs if e["event"] == "upstream_reported_error"]
+    assert (logged["log_level"], logged["upstream"]) == ("debug", spec.upstream)
+    assert expected.detail in logged["detail"]
     assert (error.kind, error.failover, error.marks_down) == (
         "status",
         expected.failover,

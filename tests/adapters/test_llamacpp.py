@@ -18,6 +18,7 @@ import pytest
 from aioresponses import aioresponses
 from captures import load, wire_chunks
 from helpers import CHAT, collect, collect_error, llamacpp
+from structlog.testing import capture_logs
 
 from pollex.adapters import Finish, ProbeResult, Usage
 from pollex.adapters.llamacpp import LlamaCppAdapter
@@ -29,7 +30,7 @@ MODEL = "qwen2.5-1.5b-gpu"
 CAPTURED = ["i", " goes", " to", " store", " yesterday"]
 CAPTURED_USAGE = Usage(52, 11, 85.65)  # cache_n 47 + prompt_n 5; predicted_n; predicted/s
 WIRE = wire_chunks("chat-stream.wire.http")  # role+"i", " goes", …, finish, [DONE]
-OOM = "llama-server: llama_decode failed: out of memory"
+OOM = "llama_decode failed: out of memory"  # the fake's in-band error message
 
 
 def adapter(session: aiohttp.ClientSession, url: str, **limits: Any) -> LlamaCppAdapter:
@@ -225,9 +226,13 @@ async def test_stream_b5050_mid_stream_error(session: aiohttp.ClientSession, lla
     """b5050 sends `error: {...}` and then `data: [DONE]`: still a failure."""
     llama.fake.dialect = "b5050"
     llama.fake.mid_stream_error = True
-    chunks, error = await collect_error(adapter(session, llama.url))
+    with capture_logs() as logs:
+        chunks, error = await collect_error(adapter(session, llama.url))
     assert chunks == CAPTURED[:3]
-    assert str(error) == OOM
+    assert str(error) == "llama-server reported an error"  # its message is for the log only
+    (reported,) = [e for e in logs if e["event"] == "upstream_reported_error"]
+    assert reported["log_level"] == "debug"
+    assert OOM in reported["detail"]
     assert (error.kind, error.failover, error.marks_down) == ("status", True, False)
 
 
@@ -238,7 +243,7 @@ async def test_stream_b5050_error_line_is_not_swallowed_by_done(
     error = b'error: {"code":500,"message":"boom","type":"server_error"}\n\n'
     llama.fake.stream_chunks = [*WIRE[:-1], error, WIRE[-1]]
     _, failure = await collect_error(adapter(session, llama.url))
-    assert str(failure) == "llama-server: boom"
+    assert str(failure) == "llama-server reported an error"
     assert (failure.kind, failure.marks_down) == ("status", False)
 
 
@@ -251,6 +256,9 @@ async def test_stream_error_object_before_any_text(
     mock.post(
         f"{BASE}/v1/chat/completions", body=body, headers={"Content-Type": "text/event-stream"}
     )
-    chunks, failure = await collect_error(adapter(session, BASE))
-    assert (chunks, str(failure)) == ([], "llama-server: boom")
+    with capture_logs() as logs:
+        chunks, failure = await collect_error(adapter(session, BASE))
+    assert (chunks, str(failure)) == ([], "llama-server reported an error")
+    (reported,) = [e for e in logs if e["event"] == "upstream_reported_error"]
+    assert "boom" in reported["detail"]
     assert (failure.kind, failure.marks_down) == ("status", False)

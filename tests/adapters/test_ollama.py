@@ -15,6 +15,7 @@ from aioresponses import aioresponses
 from fakes import WORDS
 from helpers import collect, collect_error
 from helpers import ollama as make_ollama
+from structlog.testing import capture_logs
 
 from pollex.adapters import Finish, ProbeResult, Usage
 from pollex.adapters.ollama import OllamaAdapter
@@ -114,30 +115,34 @@ async def test_stream_crlf_over_the_wire(session: aiohttp.ClientSession, ollama:
 
 
 @pytest.mark.parametrize(
-    ("body", "before", "message"),
+    ("body", "before", "message", "logged"),
     [
         pytest.param(
             line("I") + b"not json\n" + final(),
             ["I"],
-            "malformed upstream stream: not JSON: b'not json'",
+            "malformed upstream stream",
+            "b'not json'",
             id="garbage-line",
         ),
         pytest.param(
             line("I") + b"[1]\n" + final(),
             ["I"],
             "ollama sent JSON that is not an object",
+            None,
             id="json-list",
         ),
         pytest.param(
             line("I") + line(" went").rstrip(b"\n"),
             ["I", " went"],
             "ollama stream ended before done",
+            None,
             id="fragment-not-done",
         ),
         pytest.param(
             line("I") + b'{"done": tr',
             ["I"],
-            "malformed upstream stream: not JSON: b'{\"done\": tr'",
+            "malformed upstream stream",
+            "b'{\"done\": tr'",
             id="truncated-fragment",
         ),
     ],
@@ -148,21 +153,33 @@ async def test_stream_protocol_errors(
     body: bytes,
     before: list[str],
     message: str,
+    logged: str | None,
 ) -> None:
+    """`logged`: what the upstream sent, which the debug log shows and the error does not."""
     mock.post(CHAT_URL, body=body, headers=NDJSON)
-    chunks, error = await collect_error(adapter(session))
+    with capture_logs() as logs:
+        chunks, error = await collect_error(adapter(session))
     assert chunks == before
     assert error.kind == "protocol"
     assert str(error) == message
+    malformed = [e for e in logs if e["event"] == "malformed_stream"]
+    if logged is None:
+        assert malformed == []
+    else:
+        assert [e["log_level"] for e in malformed] == ["debug"]
+        assert logged in malformed[0]["detail"]
 
 
 async def test_stream_error_object_in_a_200(
     mock: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     mock.post(CHAT_URL, body=b'{"error": "boom"}\n', headers=NDJSON)
-    chunks, error = await collect_error(adapter(session))
-    assert (chunks, str(error)) == ([], "ollama: boom")
+    with capture_logs() as logs:
+        chunks, error = await collect_error(adapter(session))
+    assert (chunks, str(error)) == ([], "ollama reported an error")  # not its words
     assert (error.kind, error.marks_down) == ("status", False)
+    (reported,) = [e for e in logs if e["event"] == "upstream_reported_error"]
+    assert (reported["log_level"], reported["detail"]) == ("debug", "boom")
 
 
 # --- the model probe -------------------------------------------------------------------------

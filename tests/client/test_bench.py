@@ -446,8 +446,8 @@ async def test_unknown_model_and_a_failure_mid_answer(pollex: Any, ollama: Any) 
     assert code == EXIT_BAD_INPUT  # pollex refused something: it takes precedence
     assert err.splitlines() == [
         f"pollex: gpt-4o is down: unknown model (pollex has {OLLAMA}, mock)",
-        f"pollex: {OLLAMA}, one, run 1: ollama: an error was encountered while running the model",
-        f"pollex: {OLLAMA}, two, run 1: ollama: an error was encountered while running the model",
+        f"pollex: {OLLAMA}, one, run 1: ollama reported an error",
+        f"pollex: {OLLAMA}, two, run 1: ollama reported an error",
     ]
     assert f"  {OLLAMA}  0/1  -" in out
     assert "4 requests: 2 ok, 2 failed; gpt-4o is down" in out

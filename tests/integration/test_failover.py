@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fakes import closed_port_url
-from helpers import collect_events
+from helpers import collect_events, routable
 
 GPU = "qwen2.5:1.5b-gpu"
 CPU = "qwen2.5:1.5b"
@@ -117,20 +117,14 @@ async def test_recovers_to_llama_server_when_it_comes_back(
 ) -> None:
     client = await pollex(llamacpp_url=llama.url, llamacpp_model=GPU, ollama_url=ollama.url)
     await llama.stop()
-    await eventually(lambda: client.app is not None and not _routable(client, GPU))
+    await eventually(lambda: client.app is not None and not routable(client, GPU))
     assert (await polish(client))[1]["provider"] == "ollama"
 
     await llama.restart()
-    await eventually(lambda: _routable(client, GPU))
+    await eventually(lambda: routable(client, GPU))
 
     status, body = await polish(client)
     assert (status, body["provider"], body["fallback_from"]) == (200, "llamacpp", None)
-
-
-def _routable(client: Any, adapter_id: str) -> bool:
-    from pollex.web.keys import AVAILABILITY
-
-    return bool(client.app[AVAILABILITY].is_routable(adapter_id))
 
 
 async def test_fallback_false_pins_the_request(ollama: Any, pollex: Any) -> None:
@@ -164,7 +158,7 @@ async def test_model_id_selects_an_adapter(llama: Any, ollama: Any, pollex: Any)
 
 async def test_all_down_still_tries_each_then_503(pollex: Any) -> None:
     client = await pollex(llamacpp_url=closed_port_url(), ollama_url=closed_port_url())
-    await eventually(lambda: not _routable(client, "llama.cpp") and not _routable(client, CPU))
+    await eventually(lambda: not routable(client, "llama.cpp") and not routable(client, CPU))
 
     status, body = await polish(client)
 
@@ -207,26 +201,32 @@ async def test_first_token_timeout_fails_over(llama: Any, ollama: Any, pollex: A
     status, body = await polish(client)
 
     assert (status, body["provider"], body["fallback_from"]) == (200, "ollama", GPU)
-    assert not _routable(client, GPU)
+    assert not routable(client, GPU)
 
 
 async def test_busy_gpu_is_not_marked_down(llama: Any, ollama: Any, pollex: Any) -> None:
-    llama.fake.gate = asyncio.Event()
+    """Probes that time out while the GPU's stream keeps producing tokens are let off.
+    (A stream gone silent as well is a frozen server, which is marked down.)"""
+    llama.fake.reply = lambda text: [" word"] * 500
+    llama.fake.chunk_delay = 0.01  # tokens flow all along, 10 ms apart
     client = await pollex(
         llamacpp_url=llama.url, llamacpp_model=GPU, ollama_url=ollama.url, probe_timeout_s=0.05
     )
     await eventually(lambda: llama.fake.probes >= 1)
-    request = asyncio.create_task(client.post("/api/polish", json={"text": "x"}))
+    text = "i go to the store " * 10  # its output bound, 184 tokens, streams for ~2 s
+    request = asyncio.create_task(client.post("/api/polish", json={"text": text}))
     await eventually(lambda: llama.fake.streams_started == 1)
     await asyncio.sleep(0.02)
     llama.fake.health = "hang"  # probes time out while it streams
     probes = llama.fake.probes
     await eventually(lambda: llama.fake.probes >= probes + 3)
 
-    assert _routable(client, GPU)
-    llama.fake.gate.set()
+    assert routable(client, GPU)
+    assert llama.fake.streams_completed == 0  # still streaming through all those probes
     resp = await request
-    assert (await resp.json())["provider"] == "llamacpp"
+    body = await resp.json()
+    assert (body["provider"], body["fallback_from"]) == ("llamacpp", None)
+    assert body["polished"].split() == ["word"] * 184
 
 
 async def test_context_too_long_fails_over_without_marking_down(
@@ -238,7 +238,7 @@ async def test_context_too_long_fails_over_without_marking_down(
     status, body = await polish(client)
 
     assert (status, body["provider"]) == (200, "ollama")
-    assert _routable(client, GPU)
+    assert routable(client, GPU)
 
 
 async def test_request_fault_is_not_retried_elsewhere(llama: Any, ollama: Any, pollex: Any) -> None:
@@ -248,8 +248,7 @@ async def test_request_fault_is_not_retried_elsewhere(llama: Any, ollama: Any, p
     status, body = await polish(client)
 
     assert status == 502
-    assert body["error"].startswith("llama-server: ")
-    assert body["error"].endswith("(HTTP 400)")
+    assert body["error"] == "llama-server answered HTTP 400"  # not its words
     assert ollama.fake.requests == []
 
 
@@ -271,4 +270,4 @@ async def test_ollama_mid_stream_error_after_output_is_final(ollama: Any, pollex
     )
 
     assert [e.event for e in events] == ["start", "delta", "delta", "error"]
-    assert events[-1].data["error"] == "ollama: an error was encountered while running the model"
+    assert events[-1].data["error"] == "ollama reported an error"  # not its words

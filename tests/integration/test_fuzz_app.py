@@ -116,7 +116,7 @@ class BackgroundPollex:
                 config = fast_config(mock=True, api_key=key, rate_limit_per_minute=1_000_000)
                 # A mock without the 30 ms word pace `--mock` has: 10000-char texts stay fast.
                 mock = MockAdapter(first_token_timeout_s=5.0)
-                app = create_app(config, Backends([mock], [mock]))
+                app = create_app(config, Backends.of([mock]))
                 runner = web.AppRunner(
                     app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
                 )

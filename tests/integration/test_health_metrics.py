@@ -10,6 +10,8 @@ from fakes import closed_port_url
 from prometheus_client.parser import text_string_to_metric_families
 from test_failover import CPU, GPU, eventually, polish
 
+from pollex.web.keys import CONFIG
+
 
 async def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     resp = await client.get("/metrics")
@@ -58,8 +60,18 @@ async def test_health_status_codes(
     gpu = body["adapters"][GPU]
     assert gpu["provider"] == "llamacpp"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", gpu["checked_at"])
+    # One host each, named host:port, with the same state; one slot each by default (the
+    # fake llama-server has no /props), none busy, nobody waiting.
+    llama_host = llama.url.removeprefix("http://")
+    assert list(gpu["hosts"]) == [llama_host]
+    assert list(body["adapters"][CPU]["hosts"]) == [ollama.url.removeprefix("http://")]
+    for entry in body["adapters"].values():
+        assert (entry["slots"], entry["busy_slots"], entry["queued"]) == (1, 0, 0)
+        (host,) = entry["hosts"].values()
+        assert {k: v for k, v in entry.items() if k not in ("provider", "hosts")} == host
     if llama_state == "loading":
         assert gpu["reason"] == "llama-server loading model"
+        assert gpu["hosts"][llama_host]["available"] is False
     if ollama_state == "hang":
         assert body["adapters"][CPU]["reason"] == "probe timed out"
 
@@ -71,10 +83,18 @@ async def test_not_probed_yet_is_routable_and_said(llama: Any, pollex: Any) -> N
     body = await (await client.get("/api/health")).json()
 
     assert body["status"] == "ok"
-    assert body["adapters"]["llama.cpp"] == {
+    state = {
         "available": True,
-        "provider": "llamacpp",
         "reason": "not probed yet",
+        "slots": 1,  # not told otherwise yet: llama-server's default
+        "busy_slots": 0,
+        "queued": 0,
+    }
+    host = llama.url.removeprefix("http://")
+    assert body["adapters"]["llama.cpp"] == {
+        **state,
+        "provider": "llamacpp",
+        "hosts": {host: state},
     }
 
 
@@ -99,6 +119,13 @@ async def test_metrics_follow_a_failover(ollama: Any, pollex: Any) -> None:
     await eventually(lambda: ollama.fake.probes >= 1)
     before = await scrape(client)
     assert before[("pollex_build_info", (("version", "1.0.0"),))] == 1
+    # The counters alerts use are there at 0 from the start; no `_created` series.
+    for name in ("pollex_failovers_total", "pollex_spills_total"):
+        for source, target in ((GPU, CPU), (CPU, GPU)):
+            labels = (("from_adapter", source), ("to_adapter", target))
+            assert before[(name, labels)] == 0
+    assert before[("pollex_upstream_errors_total", (("adapter", GPU), ("kind", "connect")))] == 0
+    assert not [name for name, _ in before if name.endswith("_created")]
 
     await polish(client)
     sse = await client.post("/api/polish", json={"text": "x", "stream": True})
@@ -108,9 +135,14 @@ async def test_metrics_follow_a_failover(ollama: Any, pollex: Any) -> None:
     def value(name: str, **labels: str) -> float:
         return after.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    assert value("pollex_adapter_available", adapter=GPU, provider="llamacpp") == 0
-    assert value("pollex_adapter_available", adapter=CPU, provider="ollama") == 1
+    def available(adapter: str, provider: str, url: str) -> float:
+        labels = {"adapter": adapter, "provider": provider, "upstream": url.split("//")[1]}
+        return after[("pollex_adapter_available", tuple(sorted(labels.items())))]
+
+    assert available(GPU, "llamacpp", client.app[CONFIG].llamacpp_url[0]) == 0
+    assert available(CPU, "ollama", ollama.url) == 1
     assert value("pollex_failovers_total", from_adapter=GPU, to_adapter=CPU) == 2
+    assert value("pollex_spills_total", from_adapter=GPU, to_adapter=CPU) == 0
     assert value("pollex_requests_total", method="POST", route="/api/polish", status="200") == 2
     assert value("pollex_requests_total", method="GET", route="/metrics", status="200") == 1
     assert value("pollex_polish_duration_seconds_count", model=CPU) == 2

@@ -171,9 +171,9 @@ async def test_sdk_mid_stream_error_raises_api_error(pollex: Any, ollama: Any) -
                 received.append(chunk.choices[0].delta.content or "")
 
     assert "".join(received) == "I went"
-    assert raised.value.message == "ollama: an error was encountered while running the model"
+    assert raised.value.message == "ollama reported an error"  # not the upstream's words
     assert raised.value.body == {
-        "message": "ollama: an error was encountered while running the model",
+        "message": "ollama reported an error",
         "type": "server_error",
         "code": 502,
     }
@@ -345,7 +345,7 @@ async def test_error_after_streaming_began_is_a_data_error_then_eof(
     assert len(chunks) == 3  # role, "I", " went"
     assert json.loads(last) == {
         "error": {
-            "message": "ollama: an error was encountered while running the model",
+            "message": "ollama reported an error",
             "type": "server_error",
             "code": 502,
         }
@@ -495,9 +495,15 @@ async def test_text_parts_are_joined_and_unknown_fields_ignored(pollex: Any, oll
     assert "tools" not in sent
 
 
+# A polish asks for at most 2 * ceil(chars / 3) + 64 tokens: 82 for USER's 25 characters.
 @pytest.mark.parametrize(
     ("limits", "asked"),
-    [({"max_tokens": 7}, 7), ({"max_completion_tokens": 9, "max_tokens": 7}, 9), ({}, 1024)],
+    [
+        ({"max_tokens": 7}, 7),
+        ({"max_completion_tokens": 9, "max_tokens": 7}, 9),
+        ({"max_tokens": 500}, 82),
+        ({}, 82),
+    ],
 )
 async def test_max_tokens_is_passed_on(
     pollex: Any, ollama: Any, limits: dict[str, int], asked: int

@@ -56,11 +56,16 @@ async def test_running_stream_finishes_within_grace(llama: Any) -> None:
 
 async def test_stream_over_grace_ends_with_shutting_down(llama: Any) -> None:
     llama.fake.gate = asyncio.Event()
-    stop, server, url = await _start(llamacpp_url=llama.url, shutdown_grace_s=0.2)
+    # Two slots: the JSON request is in flight upstream too (not waiting in pollex's queue).
+    stop, server, url = await _start(llamacpp_url=llama.url, llamacpp_slots=2, shutdown_grace_s=0.2)
     async with aiohttp.ClientSession() as session:
         resp, received = await _stream_until_first_delta(session, url)
         json_request = asyncio.create_task(session.post(f"{url}/api/polish", json={"text": "y"}))
-        await asyncio.sleep(0.05)
+        for _ in range(100):
+            if llama.fake.streams_started == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert llama.fake.streams_started == 2
 
         stop.set()
         received += await asyncio.wait_for(resp.read(), 5)
