@@ -5,6 +5,8 @@
     │   └── UnknownModel            400     bad_request      `model_id` names no backend
     ├── ModelNotFound               404     bad_request      OpenAI's answer to an unknown model
     ├── Unauthorized                401     unauthorized     missing or wrong API key
+    ├── BodyTimeout                 408     client_timeout   the body missed body_timeout_s
+    ├── UnsupportedMediaType        415     bad_request      a POST body that is not JSON
     ├── RateLimited                 429     rate_limited     the client's window is full
     ├── UpstreamError               502     upstream_error   an upstream failed; `kind` is the
     │   │                                                    metric label (connect, timeout,
@@ -42,6 +44,7 @@ Outcome = Literal[
     "no_backend",
     "shutting_down",
     "timeout",
+    "client_timeout",
 ]
 
 
@@ -75,6 +78,18 @@ class ModelNotFound(PollexError):
 class Unauthorized(PollexError):
     status = 401
     outcome: Outcome = "unauthorized"
+
+
+class BodyTimeout(PollexError):
+    """The client did not send its whole body in time; the connection is closed after it."""
+
+    status = 408
+    outcome: Outcome = "client_timeout"
+
+
+class UnsupportedMediaType(PollexError):
+    status = 415
+    outcome: Outcome = "bad_request"
 
 
 class RateLimited(PollexError):

@@ -1,5 +1,5 @@
 """Per-request plumbing: request id, one access-log line, request metrics, CORS, the guard,
-and the boundary where exceptions become JSON error answers."""
+the body, and the boundary where exceptions become JSON error answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from pollex.config import Config
 from pollex.errors import PollexError, RateLimited, Unauthorized
+from pollex.web import body
 from pollex.web.errors import error_response, failure_response
 from pollex.web.guard import client_ip, is_exempt, key_is_valid, presented_key
 from pollex.web.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
@@ -82,22 +84,33 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API key, then rate limit; see pollex.web.guard for the rules."""
+    """API key, rate limit (pollex.web.guard), then the body (pollex.web.body)."""
     if is_exempt(request):
         return await handler(request)
     config = request.config_dict[CONFIG]
+    json_body = body.has_json_body(request)
+    if json_body:
+        body.require_json(request)
+    _admit(request, config)
+    if json_body:
+        await body.read_in_time(request, config.body_timeout_s)
+    return await handler(request)
+
+
+def _admit(request: web.Request, config: Config) -> None:
+    """API key, then rate limit: raises when the request may not go on."""
     refusal: str | None = None
     if config.api_key:
         key = presented_key(request)
         if key is not None and key_is_valid(key, config.api_key):
-            return await handler(request)
+            return
         refusal = "missing API key" if key is None else "invalid API key"
-    wait = request.config_dict[LIMITER].hit(client_ip(request, config.trust_proxy_headers))
+    ip = client_ip(request, config.trust_proxy_headers)
+    wait = request.config_dict[LIMITER].hit(ip)
     if wait is not None:
         raise RateLimited(wait)
     if refusal is not None:
         raise Unauthorized(refusal)
-    return await handler(request)
 
 
 def _http_message(exc: web.HTTPException) -> str:

@@ -475,7 +475,9 @@ def test_openai_bodies(
 
 @pytest.mark.parametrize("path", ["/api/polish", "/v1/chat/completions"])
 def test_deeply_nested_json_is_a_400(client: httpx.Client, servers: Servers, path: str) -> None:
-    response = client.post(servers.open_url + path, content=b"[" * 50_000)
+    response = client.post(
+        servers.open_url + path, content=b"[" * 50_000, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
 
 

@@ -104,7 +104,8 @@ async def test_huge_chunked_body_without_length_is_413(pollex: Any) -> None:
             yield b"a" * 1024
         yield b'"}'
 
-    async with client.post("/api/polish", data=body()) as resp:
+    headers = {"Content-Type": "application/json"}
+    async with client.post("/api/polish", data=body(), headers=headers) as resp:
         assert resp.status == 413
         assert await resp.json() == {"error": "request body too large"}
 
