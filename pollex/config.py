@@ -73,7 +73,9 @@ class Config:
     stream_timeout_s: float = 600.0
     keepalive_s: float = 15.0
     shutdown_grace_s: float = 20.0
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
 
     max_body_bytes: int = 65536
     max_text_chars: int = 10000
