@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,17 @@ ENV_PREFIX = "POLLEX_"
 CLIENT_ENV = frozenset({"POLLEX_URL"})
 _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "mock": 60.0}
 # What the items of each list setting are, for error messages.
-_LIST_ITEMS = {"fallback": "provider names"}
+_LIST_ITEMS = {
+    "fallback": "provider names",
+    "cors_origin": "origins",
+    "allowed_hosts": "host names",
+}
 # List settings where a single value may be written without the list around it.
-_ONE_OR_MORE: frozenset[str] = frozenset()
+_ONE_OR_MORE: frozenset[str] = frozenset({"cors_origin"})
+# An origin as browsers send it: scheme://host[:port], no path (or "*": any origin).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
+# A Host header's name: no scheme, path, space or user info.
+_HOST_NAME = re.compile(r"[^/\s@?#]+")
 # Settings that fall back to their default when given empty (a blank environment variable).
 _DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -58,7 +67,8 @@ class Config:
     api_key_file: str = ""
     rate_limit_per_minute: int = 10
     trust_proxy_headers: bool = False
-    cors_origin: str = "*"
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origin: tuple[str, ...] = ()
 
     probe_interval_s: float = 5.0
     probe_interval_down_s: float = 1.0
@@ -114,8 +124,7 @@ class Config:
         for key in SECRET_KEYS:
             if data[key]:
                 data[key] = "<redacted>"
-        data["fallback"] = list(self.fallback)
-        return data
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in data.items()}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -247,13 +256,42 @@ def _coerce_list(key: str, value: Any, where: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of {_LIST_ITEMS[key]}, not {value!r}")
-    if key == "fallback":
-        unknown = [p for p in value if p not in PROVIDERS]
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
-            )
-    return tuple(value)
+    check = _LIST_CHECKS.get(key)
+    return tuple(check(list(value), where) if check else value)
+
+
+def _providers(value: list[str], where: str) -> list[str]:
+    unknown = [p for p in value if p not in PROVIDERS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
+        )
+    return value
+
+
+def _origins(value: list[str], where: str) -> list[str]:
+    value = [v.strip().lower() for v in value]
+    wrong = [v for v in value if v != "*" and not _ORIGIN.fullmatch(v)]
+    if wrong:
+        raise ConfigError(
+            f"{where}: {wrong[0]!r} is not an origin (scheme://host[:port], no path, or *)"
+        )
+    return value
+
+
+def _host_names(value: list[str], where: str) -> list[str]:
+    value = [v.strip().lower() for v in value]
+    wrong = [v for v in value if not _HOST_NAME.fullmatch(v)]
+    if wrong:
+        raise ConfigError(f"{where}: {wrong[0]!r} is not a host name (as in a Host header)")
+    return value
+
+
+_LIST_CHECKS: dict[str, Callable[[list[str], str], list[str]]] = {
+    "fallback": _providers,
+    "cors_origin": _origins,
+    "allowed_hosts": _host_names,
+}
 
 
 def _read_api_key_file(values: dict[str, Any]) -> dict[str, Any]:

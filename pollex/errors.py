@@ -5,6 +5,8 @@
     │   └── UnknownModel            400     bad_request      `model_id` names no backend
     ├── ModelNotFound               404     bad_request      OpenAI's answer to an unknown model
     ├── Unauthorized                401     unauthorized     missing or wrong API key
+    ├── Forbidden                   403     forbidden        a Host pollex does not answer
+    │                                                        without an API key (DNS rebinding)
     ├── BodyTimeout                 408     client_timeout   the body missed body_timeout_s
     ├── UnsupportedMediaType        415     bad_request      a POST body that is not JSON
     ├── RateLimited                 429     rate_limited     the client's window is full
@@ -44,6 +46,7 @@ Outcome = Literal[
     "no_backend",
     "shutting_down",
     "timeout",
+    "forbidden",
     "client_timeout",
 ]
 
@@ -78,6 +81,11 @@ class ModelNotFound(PollexError):
 class Unauthorized(PollexError):
     status = 401
     outcome: Outcome = "unauthorized"
+
+
+class Forbidden(PollexError):
+    status = 403
+    outcome: Outcome = "forbidden"
 
 
 class BodyTimeout(PollexError):

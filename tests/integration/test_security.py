@@ -114,7 +114,7 @@ async def test_clients_leaving_at_every_point_do_not_hurt_others(pollex: Any) ->
     client = await pollex(mock=True)
     host, port = client.host, client.port
     request = (
-        b"POST /api/polish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/polish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 40\r\n\r\n" + b'{"text": "i goes home", "stream": true}'.ljust(40)
     )
     for cut in (0, 10, len(request) - 20, len(request)):
@@ -144,7 +144,7 @@ async def test_slow_reader_backpressure_reaches_the_upstream(llama: Any, pollex:
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     writer.write(
-        b"POST /api/polish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/polish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     await writer.drain()
