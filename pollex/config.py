@@ -8,6 +8,7 @@ key and where it came from, instead of surfacing as a confusing error mid-reques
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -30,6 +31,7 @@ _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "moc
 _LIST_ITEMS = {
     "fallback": "provider names",
     "cors_origin": "origins",
+    "trusted_proxies": "IP addresses or networks",
     "allowed_hosts": "host names",
 }
 # List settings where a single value may be written without the list around it.
@@ -67,6 +69,7 @@ class Config:
     api_key_file: str = ""
     rate_limit_per_minute: int = 10
     trust_proxy_headers: bool = False
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     allowed_hosts: tuple[str, ...] = ()
     cors_origin: tuple[str, ...] = ()
 
@@ -279,6 +282,16 @@ def _origins(value: list[str], where: str) -> list[str]:
     return value
 
 
+def _networks(value: list[str], where: str) -> list[str]:
+    value = [v.strip() for v in value]
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not an IP address or network") from None
+    return value
+
+
 def _host_names(value: list[str], where: str) -> list[str]:
     value = [v.strip().lower() for v in value]
     wrong = [v for v in value if not _HOST_NAME.fullmatch(v)]
@@ -290,6 +303,7 @@ def _host_names(value: list[str], where: str) -> list[str]:
 _LIST_CHECKS: dict[str, Callable[[list[str], str], list[str]]] = {
     "fallback": _providers,
     "cors_origin": _origins,
+    "trusted_proxies": _networks,
     "allowed_hosts": _host_names,
 }
 

@@ -4,7 +4,9 @@
 Order: Host (only without an API key), then auth, then rate limit. A request with a valid
 key is never limited; one refused for a missing or wrong key still counts against its
 client's window, so guessing keys ends in 429. Health, metrics and CORS preflights are
-exempt from all three.
+exempt from all three; model listings need the key but are not counted when they have it
+(or when no key is configured), so a plugin that lists models does not use up a user's
+budget, and guessing keys on them still ends in 429.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"})
+LISTING_PATHS = frozenset({"/api/models", "/v1/models"})
 # Names a page cannot rebind: the browser resolves them to this machine itself.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 WINDOW_S = 60.0
@@ -28,6 +31,14 @@ MAX_CLIENTS = 4096
 
 def is_exempt(request: web.BaseRequest) -> bool:
     return request.method == "OPTIONS" or request.path in EXEMPT_PATHS
+
+
+def is_listing(request: web.BaseRequest) -> bool:
+    """`GET /api/models`, `/v1/models`, `/v1/models/{id}`: not counted by the rate limit."""
+    path = request.path
+    return request.method in ("GET", "HEAD") and (
+        path in LISTING_PATHS or path.startswith("/v1/models/")
+    )
 
 
 def host_is_allowed(host: str | None, allowed_hosts: tuple[str, ...]) -> bool:
@@ -78,18 +89,6 @@ def key_is_valid(presented: str, expected: str) -> bool:
     return hmac.compare_digest(
         presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
     )
-
-
-def client_ip(request: web.BaseRequest, trust_proxy_headers: bool) -> str:
-    if trust_proxy_headers:
-        forwarded = request.headers.get("CF-Connecting-IP", "").strip()
-        if forwarded:
-            return forwarded
-        hops = request.headers.get("X-Forwarded-For", "")
-        first = hops.split(",", 1)[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
 
 
 class SlidingWindowLimiter:

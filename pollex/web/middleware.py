@@ -16,8 +16,9 @@ from pollex.config import Config
 from pollex.errors import Forbidden, PollexError, RateLimited, Unauthorized
 from pollex.web import body, cors
 from pollex.web.errors import error_response, failure_response
-from pollex.web.guard import client_ip, host_is_allowed, is_exempt, key_is_valid, presented_key
+from pollex.web.guard import host_is_allowed, is_exempt, is_listing, key_is_valid, presented_key
 from pollex.web.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
+from pollex.web.proxies import client_ip
 
 log = structlog.get_logger("pollex.access")
 
@@ -114,7 +115,9 @@ def _admit(request: web.Request, config: Config) -> None:
         if key is not None and key_is_valid(key, config.api_key):
             return
         refusal = "missing API key" if key is None else "invalid API key"
-    ip = client_ip(request, config.trust_proxy_headers)
+    elif is_listing(request):
+        return
+    ip = client_ip(request, config.trust_proxy_headers, config.trusted_proxies)
     wait = request.config_dict[LIMITER].hit(ip)
     if wait is not None:
         raise RateLimited(wait)

@@ -52,8 +52,8 @@ async def test_exempt_routes_need_no_key(pollex: Any, path: str) -> None:
 async def test_rate_limit_with_retry_after(pollex: Any) -> None:
     client = await pollex(mock=True, rate_limit_per_minute=2)
 
-    statuses = [(await client.get("/api/models")).status for _ in range(2)]
-    limited = await client.get("/api/models")
+    statuses = [(await client.post("/api/polish", json={"text": "x"})).status for _ in range(2)]
+    limited = await client.post("/api/polish", json={"text": "x"})
 
     assert statuses == [200, 200]
     assert limited.status == 429
@@ -88,8 +88,12 @@ async def test_guessing_keys_ends_in_429(pollex: Any) -> None:
 async def test_proxy_headers_only_when_trusted(pollex: Any, trust: bool, separate: bool) -> None:
     client = await pollex(mock=True, rate_limit_per_minute=1, trust_proxy_headers=trust)
 
-    first = await client.get("/api/models", headers={"CF-Connecting-IP": "198.51.100.1"})
-    second = await client.get("/api/models", headers={"X-Forwarded-For": "198.51.100.2, 10.0.0.1"})
+    first = await client.post(
+        "/api/polish", json={"text": "x"}, headers={"CF-Connecting-IP": "198.51.100.1"}
+    )
+    second = await client.post(
+        "/api/polish", json={"text": "x"}, headers={"X-Forwarded-For": "198.51.100.2"}
+    )
 
     assert first.status == 200
     assert second.status == (200 if separate else 429)
