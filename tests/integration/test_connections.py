@@ -68,7 +68,7 @@ class Pollex:
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(self.host, self.port)
 
-    async def send(self, data: bytes, *, give_up_s: float = 2.0) -> Reply:
+    async def send(self, data: bytes, *, give_up_s: float = 3.0) -> Reply:
         """Send `data` at once, then read until the server closes (or `give_up_s`)."""
         reader, writer = await self.connect()
         writer.write(data)
@@ -129,7 +129,7 @@ async def test_headers_that_stop_coming_get_a_json_408_then_close() -> None:
         reply = await pollex.send(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n")
 
     assert reply.ended == "eof"
-    assert 0.2 < reply.after_s < 1.0
+    assert 0.2 < reply.after_s < 2.0
     assert reply.status == 408
     assert reply.json() == {"error": "request headers not received in time"}
     assert reply.headers["connection"] == "close"
@@ -150,20 +150,21 @@ async def test_slowloris_is_cut_at_the_header_deadline() -> None:
                     break
                 await asyncio.sleep(0.05)
         reply = await read_until_closed(reader, 1.0)
+        cut_after_s = time.monotonic() - started
         writer.close()
 
     assert reply.ended in ("eof", "reset")
-    assert time.monotonic() - started < 1.5  # 0.3 s deadline, not the 5 s the bytes take
+    assert cut_after_s < 2.5  # a 0.3 s deadline, not the 7 s the bytes would take
 
 
 async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
     async with serving(header_timeout_s=0.3) as pollex:
         reader, writer = await pollex.connect()
-        reply = await read_until_closed(reader, 2.0)
+        reply = await read_until_closed(reader, 3.0)
         writer.close()
 
     assert (reply.ended, reply.data) == ("eof", b"")
-    assert 0.2 < reply.after_s < 1.0
+    assert 0.2 < reply.after_s < 2.0
 
 
 async def test_requests_in_time_and_idle_keepalive_are_not_cut() -> None:
@@ -201,11 +202,11 @@ async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout() -> 
         reader, writer = await pollex.connect()
         writer.write(HEALTH)
         assert (await read_response(reader)).status == 200
-        reply = await read_until_closed(reader, 2.0)
+        reply = await read_until_closed(reader, 3.0)
         writer.close()
 
     assert reply.ended == "eof"
-    assert 0.2 < reply.after_s < 1.0
+    assert 0.2 < reply.after_s < 2.0
 
 
 async def test_body_that_stops_coming_gets_a_json_408() -> None:
@@ -221,7 +222,7 @@ async def test_body_that_stops_coming_gets_a_json_408() -> None:
         answered_after_s = time.monotonic() - started
         writer.close()
 
-    assert 0.2 < answered_after_s < 1.0
+    assert 0.2 < answered_after_s < 2.0
     assert reply.status == 408
     assert reply.json() == {"error": "request body not received in time"}
     assert reply.headers["connection"] == "close"
