@@ -8,10 +8,12 @@ key and where it came from, instead of surfacing as a confusing error mid-reques
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +28,24 @@ ENV_PREFIX = "POLLEX_"
 CLIENT_ENV = frozenset({"POLLEX_URL"})
 _FIRST_TOKEN_DEFAULTS = {"llamacpp": 120.0, "ollama": 60.0, "claude": 60.0, "mock": 60.0}
 # What the items of each list setting are, for error messages.
-_LIST_ITEMS = {"fallback": "provider names", "llamacpp_url": "URLs", "ollama_url": "URLs"}
+_LIST_ITEMS = {
+    "fallback": "provider names",
+    "llamacpp_url": "URLs",
+    "ollama_url": "URLs",
+    "cors_origin": "origins",
+    "trusted_proxies": "IP addresses or networks",
+    "allowed_hosts": "host names",
+}
 # List settings where a single value may be written without the list around it.
-_ONE_OR_MORE = frozenset({"llamacpp_url", "ollama_url"})
+_ONE_OR_MORE = frozenset({"llamacpp_url", "ollama_url", "cors_origin"})
 # Numbers that may be 0 (every other number must be greater than 0).
 _MAY_BE_ZERO = frozenset({"port", "max_queue_wait_s"})
+# An origin as browsers send it: scheme://host[:port], no path (or "*": any origin).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
+# A Host header's name: no scheme, path, space or user info.
+_HOST_NAME = re.compile(r"[^/\s@?#]+")
+# An upstream's base URL: http(s) and a host.
+_BASE_URL = re.compile(r"https?://[^/\s?#]+(/\S*)?", re.IGNORECASE)
 # Settings that fall back to their default when given empty (a blank environment variable).
 _DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -60,7 +75,9 @@ class Config:
     api_key_file: str = ""
     rate_limit_per_minute: int = 10
     trust_proxy_headers: bool = False
-    cors_origin: str = "*"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origin: tuple[str, ...] = ()
 
     # Capacity (docs/architecture.md, "Capacity"): slots per host, None = learned from the
     # host (llama-server's /props), else 1; Claude: None = unlimited.
@@ -84,6 +101,9 @@ class Config:
     stream_timeout_s: float = 600.0
     keepalive_s: float = 15.0
     shutdown_grace_s: float = 20.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
 
     max_body_bytes: int = 65536
     max_text_chars: int = 10000
@@ -122,10 +142,7 @@ class Config:
         for key in SECRET_KEYS:
             if data[key]:
                 data[key] = "<redacted>"
-        for key, value in data.items():
-            if isinstance(value, tuple):
-                data[key] = list(value)
-        return data
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in data.items()}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -258,13 +275,62 @@ def _coerce_list(key: str, value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of {_LIST_ITEMS[key]}, not {value!r}")
     value = [v.strip() for v in value if v.strip()]  # `llamacpp_url: ""` is no host
-    if key == "fallback":
-        unknown = [p for p in value if p not in PROVIDERS]
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
-            )
-    return tuple(value)
+    check = _LIST_CHECKS.get(key)
+    return tuple(check(value, where) if check else value)
+
+
+def _urls(value: list[str], where: str) -> list[str]:
+    wrong = [v for v in value if not _BASE_URL.fullmatch(v)]
+    if wrong:
+        raise ConfigError(f"{where}: {wrong[0]!r} is not a URL (http://host:port)")
+    return value
+
+
+def _providers(value: list[str], where: str) -> list[str]:
+    unknown = [p for p in value if p not in PROVIDERS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
+        )
+    return value
+
+
+def _origins(value: list[str], where: str) -> list[str]:
+    value = [v.strip().lower() for v in value]
+    wrong = [v for v in value if v != "*" and not _ORIGIN.fullmatch(v)]
+    if wrong:
+        raise ConfigError(
+            f"{where}: {wrong[0]!r} is not an origin (scheme://host[:port], no path, or *)"
+        )
+    return value
+
+
+def _networks(value: list[str], where: str) -> list[str]:
+    value = [v.strip() for v in value]
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not an IP address or network") from None
+    return value
+
+
+def _host_names(value: list[str], where: str) -> list[str]:
+    value = [v.strip().lower() for v in value]
+    wrong = [v for v in value if not _HOST_NAME.fullmatch(v)]
+    if wrong:
+        raise ConfigError(f"{where}: {wrong[0]!r} is not a host name (as in a Host header)")
+    return value
+
+
+_LIST_CHECKS: dict[str, Callable[[list[str], str], list[str]]] = {
+    "fallback": _providers,
+    "llamacpp_url": _urls,
+    "ollama_url": _urls,
+    "cors_origin": _origins,
+    "trusted_proxies": _networks,
+    "allowed_hosts": _host_names,
+}
 
 
 def _read_api_key_file(values: dict[str, Any]) -> dict[str, Any]:

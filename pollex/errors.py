@@ -5,6 +5,10 @@
     │   └── UnknownModel            400     bad_request      `model_id` names no backend
     ├── ModelNotFound               404     bad_request      OpenAI's answer to an unknown model
     ├── Unauthorized                401     unauthorized     missing or wrong API key
+    ├── Forbidden                   403     forbidden        a Host pollex does not answer
+    │                                                        without an API key (DNS rebinding)
+    ├── BodyTimeout                 408     client_timeout   the body missed body_timeout_s
+    ├── UnsupportedMediaType        415     bad_request      a POST body that is not JSON
     ├── RateLimited                 429     rate_limited     the client's window is full
     ├── UpstreamError               502     upstream_error   an upstream failed; `kind` is the
     │   │                                                    metric label (connect, timeout,
@@ -47,6 +51,8 @@ Outcome = Literal[
     "client_stalled",
     "shutting_down",
     "timeout",
+    "forbidden",
+    "client_timeout",
 ]
 
 
@@ -80,6 +86,23 @@ class ModelNotFound(PollexError):
 class Unauthorized(PollexError):
     status = 401
     outcome: Outcome = "unauthorized"
+
+
+class Forbidden(PollexError):
+    status = 403
+    outcome: Outcome = "forbidden"
+
+
+class BodyTimeout(PollexError):
+    """The client did not send its whole body in time; the connection is closed after it."""
+
+    status = 408
+    outcome: Outcome = "client_timeout"
+
+
+class UnsupportedMediaType(PollexError):
+    status = 415
+    outcome: Outcome = "bad_request"
 
 
 class RateLimited(PollexError):

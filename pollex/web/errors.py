@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pollex.errors import PollexError
+from pollex.errors import BodyTimeout, PollexError
 from pollex.web.keys import LOG_FIELDS
 
 # (status, message, code) -> the JSON body of an error answer.
@@ -43,7 +43,10 @@ def failure_response(request: web.Request, exc: PollexError) -> web.Response:
     headers = None
     if exc.retry_after_s is not None:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    return error_response(request, exc.status, exc.message, code=exc.code, headers=headers)
+    response = error_response(request, exc.status, exc.message, code=exc.code, headers=headers)
+    if isinstance(exc, BodyTimeout):
+        response.force_close()  # the rest of the body may still be on its way
+    return response
 
 
 def record_failure(request: web.Request, exc: PollexError) -> None:

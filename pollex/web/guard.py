@@ -1,8 +1,12 @@
-"""Who may ask: the API key check and the per-client rate limit (docs/architecture.md).
+"""Who may ask: the Host check, the API key check and the per-client rate limit
+(docs/architecture.md).
 
-Order: auth, then rate limit. A request with a valid key is never limited; one refused
-for a missing or wrong key still counts against its client's window, so guessing keys
-ends in 429. Health, metrics and CORS preflights are exempt from both.
+Order: Host (only without an API key), then auth, then rate limit. A request with a valid
+key is never limited; one refused for a missing or wrong key still counts against its
+client's window, so guessing keys ends in 429. Health, metrics and CORS preflights are
+exempt from all three; model listings need the key but are not counted when they have it
+(or when no key is configured), so a plugin that lists models does not use up a user's
+budget, and guessing keys on them still ends in 429.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"})
+LISTING_PATHS = frozenset({"/api/models", "/v1/models"})
+# Names a page cannot rebind: the browser resolves them to this machine itself.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 WINDOW_S = 60.0
 # At most this many clients are remembered (each at most `limit` timestamps): with the
 # default limit of 10 that is about 4096 x 0.9 KB = 4 MB in the worst case. Past it the
@@ -24,6 +31,43 @@ MAX_CLIENTS = 4096
 
 def is_exempt(request: web.BaseRequest) -> bool:
     return request.method == "OPTIONS" or request.path in EXEMPT_PATHS
+
+
+def is_listing(request: web.BaseRequest) -> bool:
+    """`GET /api/models`, `/v1/models`, `/v1/models/{id}`: not counted by the rate limit."""
+    path = request.path
+    return request.method in ("GET", "HEAD") and (
+        path in LISTING_PATHS or path.startswith("/v1/models/")
+    )
+
+
+def host_is_allowed(host: str | None, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether a request with this `Host` may be answered without an API key.
+
+    DNS rebinding: a web page can point its own name at 127.0.0.1 and then call pollex
+    as its same origin, with the page's name in `Host`. Loopback names and the configured
+    `allowed_hosts` (name, or name:port) are fine; so is no `Host` at all, which no
+    browser sends.
+    """
+    if host is None:
+        return True
+    host = host.strip().lower()
+    name = host_name(host)
+    return name in LOOPBACK_HOSTS or name in allowed_hosts or host in allowed_hosts
+
+
+def host_name(host: str) -> str:
+    """`Host` without its port: `localhost:8090` -> `localhost`, `[::1]:8090` -> `[::1]`.
+
+    Anything that is not name[:digits] is returned whole, so it matches nothing listed.
+    """
+    if host.startswith("["):
+        name, bracket, rest = host.partition("]")
+        if bracket and (not rest or (rest[0] == ":" and rest[1:].isdigit())):
+            return name + bracket
+        return host
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() else host
 
 
 def presented_key(request: web.BaseRequest) -> str | None:
@@ -45,18 +89,6 @@ def key_is_valid(presented: str, expected: str) -> bool:
     return hmac.compare_digest(
         presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
     )
-
-
-def client_ip(request: web.BaseRequest, trust_proxy_headers: bool) -> str:
-    if trust_proxy_headers:
-        forwarded = request.headers.get("CF-Connecting-IP", "").strip()
-        if forwarded:
-            return forwarded
-        hops = request.headers.get("X-Forwarded-For", "")
-        first = hops.split(",", 1)[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
 
 
 class SlidingWindowLimiter:

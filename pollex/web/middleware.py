@@ -1,5 +1,5 @@
 """Per-request plumbing: request id, one access-log line, request metrics, CORS, the guard,
-and the boundary where exceptions become JSON error answers."""
+the body, and the boundary where exceptions become JSON error answers."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from pollex.errors import PollexError, RateLimited, Unauthorized
+from pollex.config import Config
+from pollex.errors import Forbidden, PollexError, RateLimited, Unauthorized
+from pollex.web import body, cors
 from pollex.web.errors import error_response, failure_response
-from pollex.web.guard import client_ip, is_exempt, key_is_valid, presented_key
+from pollex.web.guard import host_is_allowed, is_exempt, is_listing, key_is_valid, presented_key
 from pollex.web.keys import CONFIG, LIMITER, LOG_FIELDS, METRICS, REQUEST_ID
+from pollex.web.proxies import client_ip
 
 log = structlog.get_logger("pollex.access")
 
 _VALID_ID = re.compile(r"[0-9a-f]{32}")
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+# The metrics label of a request whose route is not its match (preflights).
+ROUTE = web.RequestKey("route", str)
 
 
 def request_id_of(request: web.Request) -> str:
@@ -29,6 +34,8 @@ def request_id_of(request: web.Request) -> str:
 
 
 def route_of(request: web.Request) -> str:
+    if ROUTE in request:
+        return request[ROUTE]
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
@@ -64,9 +71,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == "OPTIONS":
-        return web.Response(status=204)
     try:
+        if request.method == "OPTIONS":
+            request[ROUTE] = await cors.preflight_route(request)
+            return cors.preflight(request, request.config_dict[CONFIG].cors_origin)
         return await handler(request)
     except PollexError as exc:
         return failure_response(request, exc)
@@ -86,22 +94,39 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API key, then rate limit; see pollex.web.guard for the rules."""
+    """Host, API key, rate limit (pollex.web.guard), then the body (pollex.web.body)."""
     if is_exempt(request):
         return await handler(request)
     config = request.config_dict[CONFIG]
+    if not config.api_key and not host_is_allowed(
+        request.headers.get("Host"), config.allowed_hosts
+    ):
+        raise Forbidden("this Host is not allowed without an API key (see allowed_hosts)")
+    json_body = body.has_json_body(request)
+    if json_body:
+        body.require_json(request)
+    _admit(request, config)
+    if json_body:
+        await body.read_in_time(request, config.body_timeout_s)
+    return await handler(request)
+
+
+def _admit(request: web.Request, config: Config) -> None:
+    """API key, then rate limit: raises when the request may not go on."""
     refusal: str | None = None
     if config.api_key:
         key = presented_key(request)
         if key is not None and key_is_valid(key, config.api_key):
-            return await handler(request)
+            return
         refusal = "missing API key" if key is None else "invalid API key"
-    wait = request.config_dict[LIMITER].hit(client_ip(request, config.trust_proxy_headers))
+    elif is_listing(request):
+        return
+    ip = client_ip(request, config.trust_proxy_headers, config.trusted_proxies)
+    wait = request.config_dict[LIMITER].hit(ip)
     if wait is not None:
         raise RateLimited(wait)
     if refusal is not None:
         raise Unauthorized(refusal)
-    return await handler(request)
 
 
 def _http_message(exc: web.HTTPException) -> str:
@@ -119,7 +144,4 @@ async def add_common_headers(request: web.Request, response: web.StreamResponse)
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
-    response.headers["Access-Control-Allow-Origin"] = request.config_dict[CONFIG].cors_origin
-    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-    response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-API-Key, Authorization"
-    response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+    cors.add_headers(request, response, request.config_dict[CONFIG].cors_origin)

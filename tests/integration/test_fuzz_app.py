@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from pollex.adapters import Backends
 from pollex.adapters.mock import MockAdapter
 from pollex.web.app import create_app
+from pollex.web.connections import PollexRunner
 
 API_KEY = "fuzz-key-0123456789"
 MAX_TEXT = 10000  # pollex's default max_text_chars
@@ -117,9 +118,7 @@ class BackgroundPollex:
                 # A mock without the 30 ms word pace `--mock` has: 10000-char texts stay fast.
                 mock = MockAdapter(first_token_timeout_s=5.0)
                 app = create_app(config, Backends.of([mock]))
-                runner = web.AppRunner(
-                    app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-                )
+                runner = PollexRunner(app, shutdown_timeout=0.5)  # as `pollex serve` runs
                 await runner.setup()
                 runners.append(runner)
                 await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -475,7 +474,9 @@ def test_openai_bodies(
 
 @pytest.mark.parametrize("path", ["/api/polish", "/v1/chat/completions"])
 def test_deeply_nested_json_is_a_400(client: httpx.Client, servers: Servers, path: str) -> None:
-    response = client.post(servers.open_url + path, content=b"[" * 50_000)
+    response = client.post(
+        servers.open_url + path, content=b"[" * 50_000, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
 
 

@@ -173,12 +173,15 @@ async def test_route_label_is_the_template_not_the_path(pollex: Any) -> None:
 
 
 async def test_request_id_cors_and_json_errors(pollex: Any) -> None:
-    client = await pollex(mock=True, cors_origin="https://example.org")
+    client = await pollex(mock=True, cors_origin=("https://example.org",))
     given = "0123456789abcdef0123456789abcdef"
 
     not_found = await client.get("/nope")
     wrong_method = await client.delete("/api/polish", headers={"X-Request-ID": given})
-    preflight = await client.options("/api/polish")
+    preflight = await client.options(
+        "/api/polish",
+        headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"},
+    )
     invalid_id = await client.get("/health", headers={"X-Request-ID": "not-hex"})
 
     assert (not_found.status, await not_found.json()) == (404, {"error": "not found"})

@@ -244,7 +244,11 @@ async def test_undecodable_bodies(llama: Any, pollex: Any, raw: bytes, message: 
 async def test_body_over_the_limit_is_413(llama: Any, pollex: Any) -> None:
     client = await pollex(llamacpp_url=llama.url, max_body_bytes=1000)
 
-    resp = await client.post("/api/polish", data=json.dumps({"text": "a" * 2000}))
+    resp = await client.post(
+        "/api/polish",
+        data=json.dumps({"text": "a" * 2000}),
+        headers={"Content-Type": "application/json"},
+    )
 
     assert resp.status == 413
     assert await resp.json() == {"error": "request body too large"}

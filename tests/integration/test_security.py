@@ -52,8 +52,8 @@ async def test_exempt_routes_need_no_key(pollex: Any, path: str) -> None:
 async def test_rate_limit_with_retry_after(pollex: Any) -> None:
     client = await pollex(mock=True, rate_limit_per_minute=2)
 
-    statuses = [(await client.get("/api/models")).status for _ in range(2)]
-    limited = await client.get("/api/models")
+    statuses = [(await client.post("/api/polish", json={"text": "x"})).status for _ in range(2)]
+    limited = await client.post("/api/polish", json={"text": "x"})
 
     assert statuses == [200, 200]
     assert limited.status == 429
@@ -88,8 +88,12 @@ async def test_guessing_keys_ends_in_429(pollex: Any) -> None:
 async def test_proxy_headers_only_when_trusted(pollex: Any, trust: bool, separate: bool) -> None:
     client = await pollex(mock=True, rate_limit_per_minute=1, trust_proxy_headers=trust)
 
-    first = await client.get("/api/models", headers={"CF-Connecting-IP": "198.51.100.1"})
-    second = await client.get("/api/models", headers={"X-Forwarded-For": "198.51.100.2, 10.0.0.1"})
+    first = await client.post(
+        "/api/polish", json={"text": "x"}, headers={"CF-Connecting-IP": "198.51.100.1"}
+    )
+    second = await client.post(
+        "/api/polish", json={"text": "x"}, headers={"X-Forwarded-For": "198.51.100.2"}
+    )
 
     assert first.status == 200
     assert second.status == (200 if separate else 429)
@@ -104,7 +108,8 @@ async def test_huge_chunked_body_without_length_is_413(pollex: Any) -> None:
             yield b"a" * 1024
         yield b'"}'
 
-    async with client.post("/api/polish", data=body()) as resp:
+    headers = {"Content-Type": "application/json"}
+    async with client.post("/api/polish", data=body(), headers=headers) as resp:
         assert resp.status == 413
         assert await resp.json() == {"error": "request body too large"}
 
@@ -113,7 +118,7 @@ async def test_clients_leaving_at_every_point_do_not_hurt_others(pollex: Any) ->
     client = await pollex(mock=True)
     host, port = client.host, client.port
     request = (
-        b"POST /api/polish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/polish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 40\r\n\r\n" + b'{"text": "i goes home", "stream": true}'.ljust(40)
     )
     for cut in (0, 10, len(request) - 20, len(request)):
@@ -143,7 +148,7 @@ async def test_slow_reader_backpressure_reaches_the_upstream(llama: Any, pollex:
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     writer.write(
-        b"POST /api/polish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /api/polish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     await writer.drain()
