@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from pollex.adapters import ChatRequest
+from pollex.edits import edits
 from pollex.errors import BadRequest
 from pollex.web import exchange
 from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
@@ -21,6 +22,7 @@ class PolishParams:
     model_id: str | None
     stream: bool
     fallback: bool
+    edits: bool
 
     @classmethod
     def parse(cls, body: Any, max_text_chars: int) -> PolishParams:
@@ -37,7 +39,11 @@ class PolishParams:
         if model_id is not None and not isinstance(model_id, str):
             raise BadRequest("model_id: must be a string")
         return cls(
-            text, model_id or None, _flag(body, "stream", False), _flag(body, "fallback", True)
+            text,
+            model_id or None,
+            _flag(body, "stream", False),
+            _flag(body, "fallback", True),
+            _flag(body, "edits", False),
         )
 
 
@@ -58,19 +64,26 @@ async def polish(request: web.Request) -> web.StreamResponse:
     plan = app[ROUTER].plan(params.model_id, params.fallback)
     chat = ChatRequest.polish(params.text, app[SYSTEM_PROMPT], config.max_output_tokens)
     exchange.count_input(request, len(params.text))
+    edits_of = params.text if params.edits else None
     if params.stream or "text/event-stream" in request.headers.get("Accept", ""):
-        wire = PollexWire(request[REQUEST_ID])
+        wire = PollexWire(request[REQUEST_ID], edits_of)
         return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=False)
-    return await exchange.serve_json(request, plan, chat, started, _json_answer)
+    return await exchange.serve_json(
+        request, plan, chat, started, lambda answer: _json_answer(answer, edits_of)
+    )
 
 
-def _json_answer(answer: Answer) -> dict[str, Any]:
+def _json_answer(answer: Answer, edits_of: str | None) -> dict[str, Any]:
     """The original Go service's answer (its browser extension reads it), and more."""
     served = answer.served
-    return {
-        "polished": served.text.strip(),
+    polished = served.text.strip()
+    body: dict[str, Any] = {
+        "polished": polished,
         "model": served.adapter.id,
         "elapsed_ms": answer.elapsed_ms,
         "provider": served.adapter.provider,
         "fallback_from": served.fallback_from,
     }
+    if edits_of is not None:
+        body["edits"] = edits(edits_of, polished)
+    return body

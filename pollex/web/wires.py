@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pollex.adapters import Adapter, Usage
+from pollex.edits import edits
 from pollex.routing.router import Served
 from pollex.web.sse import dumps, encode
 
@@ -44,10 +45,15 @@ DELTA_SUFFIX = b"}\n\n"
 
 
 class PollexWire:
-    """`start`, `delta`..., then `done` or `error` (README: Streaming events)."""
+    """`start`, `delta`..., then `done` or `error` (README: Streaming events).
 
-    def __init__(self, request_id: str) -> None:
+    `edits_of` is the submitted text when the request asked for `edits`: they are computed
+    once, for `done`, never per token.
+    """
+
+    def __init__(self, request_id: str, edits_of: str | None = None) -> None:
         self._request_id = request_id
+        self._edits_of = edits_of
 
     def start(self, adapter: Adapter, fallback_from: str | None) -> bytes:
         return encode(
@@ -64,16 +70,17 @@ class PollexWire:
         return DELTA_PREFIX + dumps(chunk).encode() + DELTA_SUFFIX
 
     def done(self, answer: Answer) -> bytes:
-        return encode("done", done_payload(answer))
+        return encode("done", done_payload(answer, self._edits_of))
 
     def error(self, message: str, status: int) -> bytes:
         return encode("error", {"error": message, "status": status})
 
 
-def done_payload(answer: Answer) -> dict[str, Any]:
+def done_payload(answer: Answer, edits_of: str | None = None) -> dict[str, Any]:
     served = answer.served
+    polished = served.text.strip()
     done: dict[str, Any] = {
-        "polished": served.text.strip(),
+        "polished": polished,
         "model": served.adapter.id,
         "provider": served.adapter.provider,
         "elapsed_ms": answer.elapsed_ms,
@@ -83,6 +90,8 @@ def done_payload(answer: Answer) -> dict[str, Any]:
     }
     if served.finish.usage is not None:
         done["usage"] = served.finish.usage.as_dict()
+    if edits_of is not None:
+        done["edits"] = edits(edits_of, polished)
     return done
 
 
