@@ -75,11 +75,13 @@ class ModelNotFound(PollexError):
 class Unauthorized(PollexError):
     status = 401
     outcome: Outcome = "unauthorized"
+    code = "invalid_api_key"
 
 
 class RateLimited(PollexError):
     status = 429
     outcome: Outcome = "rate_limited"
+    code = "rate_limit_exceeded"
 
     def __init__(self, retry_after_s: float) -> None:
         super().__init__("rate limit exceeded")

@@ -139,7 +139,8 @@ class OpenAIWire:
         return tail + DONE
 
     def error(self, message: str, status: int) -> bytes:
-        return encode(None, {"error": {"message": message, "type": "server_error", "code": status}})
+        # `code` is a string or null in OpenAI's errors; the status is the HTTP one's business.
+        return encode(None, {"error": {"message": message, "type": "server_error", "code": None}})
 
     def _choice(self, delta: dict[str, str], reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": reason}
