@@ -67,7 +67,9 @@ async def polish(request: web.Request) -> web.StreamResponse:
     edits_of = params.text if params.edits else None
     if params.stream or "text/event-stream" in request.headers.get("Accept", ""):
         wire = PollexWire(request[REQUEST_ID], edits_of)
-        return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=False)
+        # Headers wait for the first event or `keepalive_s`, as on /v1: a failure found
+        # before then (no backend could serve) is a real 503 with `Retry-After`.
+        return await exchange.serve_stream(request, plan, chat, started, wire, defer_headers=True)
     return await exchange.serve_json(
         request, plan, chat, started, lambda answer: _json_answer(answer, edits_of)
     )

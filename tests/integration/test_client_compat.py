@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from fakes import closed_port_url
+
+from pollex.adapters.mock import tidy
 
 GPU = "qwen2.5:1.5b-gpu"
 USER = {"role": "user", "content": "i goes to store yesterday"}
@@ -132,3 +135,38 @@ async def test_mid_stream_error_code_is_null(pollex: Any, ollama: Any) -> None:
         "type": "server_error",
         "code": None,
     }
+
+
+# --- /api/polish: a quick failure is a real HTTP error, in both forms -----------------------
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_no_backend_is_a_503_with_retry_after(pollex: Any, stream: bool) -> None:
+    client = await pollex(llamacpp_url=closed_port_url(), probe_interval_s=3.2)
+
+    resp = await client.post("/api/polish", json={"text": "i goes home", "stream": stream})
+
+    assert resp.status == 503
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers["Retry-After"] == "4"  # the probe interval, rounded up
+    body = await resp.json()
+    assert body["error"].startswith("no backend could serve the request")
+
+
+async def test_sse_headers_wait_for_the_first_event(pollex: Any) -> None:
+    """A stream that serves still starts with `start` and streams every delta."""
+    client = await pollex(mock=True)
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            client.make_url("/api/polish"), json={"text": "i goes home", "stream": True}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        body = (await resp.read()).decode()
+
+    assert body.startswith("event: start\n")
+    assert body.count("event: delta\n") == len(tidy("i goes home").split())
+    assert body.endswith("\n\n") and "event: done\n" in body
