@@ -2,7 +2,7 @@
 
 Order: auth, then rate limit. A request with a valid key is never limited; one refused
 for a missing or wrong key still counts against its client's window, so guessing keys
-ends in 429. Health, metrics and CORS preflights are exempt from both.
+ends in 429. Health, metrics, the page and CORS preflights are exempt from both.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"})
+from pollex.web.page import PAGE_PATHS
+
+EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"}) | PAGE_PATHS
 WINDOW_S = 60.0
 # At most this many clients are remembered (each at most `limit` timestamps): with the
 # default limit of 10 that is about 4096 x 0.9 KB = 4 MB in the worst case. Past it the
