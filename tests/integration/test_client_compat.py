@@ -14,11 +14,14 @@ import aiohttp
 import openai
 import pytest
 from fakes import closed_port_url
+from openai.types.chat import ChatCompletionMessageParam
 
 from pollex.adapters.mock import tidy
 
 GPU = "qwen2.5:1.5b-gpu"
-USER = {"role": "user", "content": "i goes to store yesterday"}
+USER: ChatCompletionMessageParam = {"role": "user", "content": "i goes to store yesterday"}
+FRENCH: ChatCompletionMessageParam = {"role": "developer", "content": "Answer in French."}
+TERSE: ChatCompletionMessageParam = {"role": "developer", "content": "Be terse."}
 
 
 @asynccontextmanager
@@ -35,13 +38,8 @@ async def test_developer_role_is_a_system_message(pollex: Any, ollama: Any) -> N
     client = await pollex(ollama_url=ollama.url)
 
     async with sdk(client) as api:
-        chat = await api.chat.completions.create(
-            model="pollex:chat",
-            messages=[{"role": "developer", "content": "Answer in French."}, USER],
-        )
-        polish = await api.chat.completions.create(
-            model="pollex", messages=[{"role": "developer", "content": "Be terse."}, USER]
-        )
+        chat = await api.chat.completions.create(model="pollex:chat", messages=[FRENCH, USER])
+        polish = await api.chat.completions.create(model="pollex", messages=[TERSE, USER])
 
     assert chat.choices[0].message.content
     assert polish.choices[0].message.content
