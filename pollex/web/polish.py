@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,10 @@ from pollex.errors import BadRequest
 from pollex.web import exchange
 from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
 from pollex.web.wires import Answer, PollexWire
+
+# JSON may carry a lone surrogate (`"\ud800"`, half an emoji cut by a client), which no
+# UTF-8 text can: it becomes U+FFFD, one code point for one, so `edits` spans still hold.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class PolishParams:
         if model_id is not None and not isinstance(model_id, str):
             raise BadRequest("model_id: must be a string")
         return cls(
-            text,
+            _LONE_SURROGATE.sub("\ufffd", text),
             model_id or None,
             _flag(body, "stream", False),
             _flag(body, "fallback", True),

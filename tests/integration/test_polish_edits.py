@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -90,3 +91,28 @@ async def test_edits_are_computed_once_per_answer_not_per_token(
 
     assert sum(e.event == "delta" for e in events) > 1
     assert calls == [(TEXT, tidy(TEXT))]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_lone_surrogate_in_the_text_is_a_replacement_character(
+    pollex: Any, stream: bool
+) -> None:
+    """Half an emoji (a client cut a string between UTF-16 units) must not break the
+    answer: it is U+FFFD, one code point for one, so the spans still fit the text sent."""
+    client = await pollex(mock=True)
+    raw = b'{"text": "i like \\ud83d ok", "edits": true, "stream": %s}'
+
+    resp = await client.post(
+        "/api/polish",
+        data=raw % (b"true" if stream else b"false"),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert resp.status == 200
+    if stream:
+        body = (await resp.read()).decode()
+        done = json.loads(body.split("event: done\ndata: ")[1])
+    else:
+        done = await resp.json()
+    assert done["polished"] == "I like \ufffd ok."
+    assert apply_edits("i like \ufffd ok", done["edits"]) == done["polished"]
