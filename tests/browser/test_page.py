@@ -6,6 +6,7 @@ Set `POLLEX_SCREENSHOT=docs/page.png` to also write the screenshot the README sh
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import time
@@ -70,16 +71,30 @@ def wait_until(page: Any, script: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def record_output(page: Any) -> None:
-    """Every state `#output` goes through, from now on, into `window.states`."""
+def record(page: Any, element_id: str) -> None:
+    """What the element shows, from now on, into `window.seen[element_id]`: its whole text
+    after each batch of changes, and, for a text replaced several times in one batch (events
+    that arrived together), each text it was given."""
     page.evaluate(
-        """() => {
-            const output = document.getElementById("output");
-            window.states = [];
-            new MutationObserver(() => window.states.push(output.textContent)).observe(
-                output, {childList: true, characterData: true, subtree: true});
-        }"""
+        """(id) => {
+            const element = document.getElementById(id);
+            window.seen = window.seen || {};
+            const seen = window.seen[id] = [];
+            new MutationObserver((changes) => {
+                for (const change of changes) {
+                    if (change.removedNodes.length && change.addedNodes.length) {
+                        seen.push(...[...change.addedNodes].map((n) => n.textContent));
+                    }
+                }
+                seen.push(element.textContent);
+            }).observe(element, {childList: true, characterData: true, subtree: true});
+        }""",
+        element_id,
     )
+
+
+def seen(page: Any, element_id: str) -> list[str]:
+    return list(page.evaluate("(id) => window.seen[id]", element_id))
 
 
 def marks(page: Any) -> list[tuple[str, str]]:
@@ -154,13 +169,13 @@ def test_polish_streams_then_marks_the_changes(
     console = open_page(page, pollex)
     wait_for_models(page)
     page.fill("#text", TEXT)
-    record_output(page)
+    record(page, "output")
 
     page.press("#text", "Control+Enter")  # the keyboard way; the button is tested below
     page.wait_for_selector("#changes:not([hidden])", timeout=10_000)
 
     polished = tidy(TEXT)
-    states = page.evaluate("window.states")
+    states = seen(page, "output")
     intermediate = [s for s in dict.fromkeys(states) if s and s != polished]
     assert len(intermediate) >= 2, states  # the answer grew in front of the reader
     assert all(polished.startswith(s.rstrip()) for s in intermediate)
@@ -233,6 +248,68 @@ def test_escape_stops_too(page: Any, serve_pollex: Any) -> None:
 
     page.wait_for_selector("#polish:not([disabled])")
     assert page.inner_text("#status").startswith("Stopped")
+
+
+def sse(*events: tuple[str, dict[str, Any]]) -> str:
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+
+
+def answer_polish_with(page: Any, body: str) -> None:
+    """`/api/polish` answers this event stream (all at once) instead of pollex."""
+    page.route(
+        "**/api/polish",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=body
+        ),
+    )
+
+
+START = ("start", {"request_id": "0" * 32, "model": "qwen", "provider": "llamacpp"})
+
+
+def test_queue_position_then_a_stream_cut_short(page: Any, serve_pollex: Any) -> None:
+    """The `queued` events of the capacity work (design: HTTP API), then no `done`."""
+    pollex = serve_pollex()
+    open_page(page, pollex)
+    answer_polish_with(
+        page,
+        sse(
+            ("queued", {"position": 2, "model": "qwen", "estimated_wait_s": 11.2}),
+            ("queued", {"position": 1, "model": "qwen", "estimated_wait_s": 4}),
+            START,
+            ("delta", {"text": "I went"}),
+        ),
+    )
+    page.fill("#text", "i goes")
+    record(page, "status")
+
+    page.click("#polish")
+
+    page.wait_for_selector("#polish:not([disabled])")
+    shown = list(dict.fromkeys(seen(page, "status")))  # in order, once each
+    assert shown[1:4] == [
+        "Waiting for qwen: number 2 in the queue, about 12 seconds.",
+        "Waiting for qwen: number 1 in the queue, about 4 seconds.",
+        "qwen is writing…",
+    ]
+    assert page.inner_text("#status") == "The connection to pollex was lost mid-answer."
+    assert page.inner_text("#output") == "I went"  # what arrived stays
+
+
+def test_an_error_event_mid_answer(page: Any, serve_pollex: Any) -> None:
+    pollex = serve_pollex()
+    open_page(page, pollex)
+    error = {"error": "upstream stopped sending output", "status": 504}
+    answer_polish_with(page, sse(START, ("delta", {"text": "I went"}), ("error", error)))
+    page.fill("#text", "i goes")
+
+    page.click("#polish")
+
+    page.wait_for_selector("#polish:not([disabled])")
+    assert page.inner_text("#status") == (
+        "The model took too long (upstream stopped sending output). What arrived is shown."
+    )
+    assert page.inner_text("#output") == "I went"
 
 
 # --- the API key ---------------------------------------------------------------------------
