@@ -173,24 +173,6 @@ def _longest_increasing(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return run
 
 
-def _common_head(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    for x, y in zip(reversed(a), reversed(b), strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _edits_between(old: str, new: str, anchors: list[_Piece]) -> list[Edit]:
     """The edits around `anchors`, runs that are equal in both texts, in order.
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pollex.edits
 from pollex.edits import Edit, apply_edits, edits
 
 # Texts made of a few words, marks and kinds of whitespace, so that two drawn texts share
@@ -113,6 +114,21 @@ def test_a_text_pasted_twice_is_still_matched_word_by_word() -> None:
         (".", "!"),
         (". ", "!"),  # the trailing space went with the stripped answer
     ]
+
+
+def test_a_spent_budget_leaves_coarser_edits_that_still_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old = "one two three four five six seven eight nine ten"
+    new = "one TWO three four five SIX seven eight nine TEN"
+    fine = check(old, new)
+    monkeypatch.setattr(pollex.edits, "WORK_BUDGET", 10)
+
+    coarse = check(old, new)
+
+    assert [e["old"] for e in fine] == ["two", "six", "ten"]
+    assert len(coarse) < len(fine)
+    assert coarse[0]["old"].startswith("two") and coarse[-1]["old"].endswith("ten")
 
 
 @pytest.mark.parametrize(
