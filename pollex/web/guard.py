@@ -2,7 +2,7 @@
 
 Order: auth, then rate limit. A request with a valid key is never limited; one refused
 for a missing or wrong key still counts against its client's window, so guessing keys
-ends in 429. Health, metrics, the page and CORS preflights are exempt from both.
+ends in 429. Health, metrics and CORS preflights are exempt from both.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from pollex.web.page import PAGE_PATHS
 
-EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"}) | PAGE_PATHS
+EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"})
 WINDOW_S = 60.0
 # At most this many clients are remembered (each at most `limit` timestamps): with the
 # default limit of 10 that is about 4096 x 0.9 KB = 4 MB in the worst case. Past it the
@@ -25,7 +25,8 @@ MAX_CLIENTS = 4096
 
 
 def is_exempt(request: web.BaseRequest) -> bool:
-    return request.method == "OPTIONS" or request.path in EXEMPT_PATHS
+    path = request.path
+    return request.method == "OPTIONS" or path in EXEMPT_PATHS or path in PAGE_PATHS
 
 
 def presented_key(request: web.BaseRequest) -> str | None:
