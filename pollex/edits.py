@@ -20,7 +20,7 @@ anchors is matched the same way. It looks at each token a few times for prose, w
 most words anchor, and never more than `WORK_BUDGET` tokens in all; past that, what is
 left unmatched becomes one edit per stretch. `difflib.SequenceMatcher` on all the words
 (autojunk off) costs far more at the limit: 0.85 s for 10,000 characters in which every
-other word changed, against 30 ms here (bench/edits.py; README: Performance).
+other word changed, against 30 ms here (bench/edits.py; README: `edits`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TypedDict
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
-# How many tokens the matching may look at in all (README: Performance).
+# How many tokens the matching may look at in all (README: `edits`).
 WORK_BUDGET = 200_000
 # A stretch with no anchor is matched by SequenceMatcher up to this many token pairs.
 SMALL_STRETCH = 2_500
