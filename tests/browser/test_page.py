@@ -375,13 +375,16 @@ def test_text_too_long(page: Any, serve_pollex: Any) -> None:
 def test_backend_down_and_rate_limited(page: Any, serve_pollex: Any) -> None:
     # Nothing listens on port 9 of loopback: the only backend is down.
     pollex = serve_pollex(llamacpp_url="http://127.0.0.1:9", rate_limit_per_minute="3")
-    open_page(page, pollex)  # GET /api/models: the first request of the window
+    open_page(page, pollex)
     wait_for_models(page)
     assert page.eval_on_selector("#model", "s => s.options[1].text").endswith(" — down")
 
     down = polish_and_read_status(page, "i goes home")
-    polish_and_read_status(page, "i goes home")  # the third request of the window
-    limited = polish_and_read_status(page, "i goes home")
+    # Until the window is full (whether model listings count in it or not).
+    for _ in range(5):
+        limited = polish_and_read_status(page, "i goes home")
+        if limited.startswith("Too many"):
+            break
 
     assert down == ("No model can polish right now: they are down or busy. Try again in 5 seconds.")
     assert limited.startswith("Too many requests from this address. Try again in ")
