@@ -296,6 +296,35 @@ def test_queue_position_then_a_stream_cut_short(page: Any, serve_pollex: Any) ->
     assert page.inner_text("#output") == "I went"  # what arrived stays
 
 
+def test_timings_and_speed_from_done(page: Any, serve_pollex: Any) -> None:
+    """A real backend reports tokens/s; the mock does not, so its `done` is made here."""
+    pollex = serve_pollex()
+    open_page(page, pollex)
+    done = {
+        "polished": "I went.",
+        "model": "qwen",
+        "provider": "llamacpp",
+        "elapsed_ms": 43012,
+        "ttft_ms": 2480,
+        "fallback_from": "qwen-gpu",
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 30, "completion_tokens": 3, "tokens_per_second": 4.25},
+        "edits": [{"start": 0, "end": 6, "old": "i goes", "new": "I went."}],
+    }
+    answer_polish_with(page, sse(START, ("delta", {"text": "I went."}), ("done", done)))
+    page.fill("#text", "i goes")
+
+    page.click("#polish")
+
+    page.wait_for_selector("#changes:not([hidden])")
+    assert page.inner_text("#stats") == (
+        "first words after 2.5 s · done in 43.0 s · 4.3 tokens/s · qwen (for qwen-gpu)"
+        " · cut at the output limit"
+    )
+    assert marks(page) == [("DEL", "i·goes"), ("INS", "I·went.")]
+    assert page.inner_text("#status") == "Done: 1 change, marked below."
+
+
 def test_an_error_event_mid_answer(page: Any, serve_pollex: Any) -> None:
     pollex = serve_pollex()
     open_page(page, pollex)
