@@ -86,6 +86,7 @@ class ModelNotFound(PollexError):
 class Unauthorized(PollexError):
     status = 401
     outcome: Outcome = "unauthorized"
+    code = "invalid_api_key"
 
 
 class Forbidden(PollexError):
@@ -108,6 +109,7 @@ class UnsupportedMediaType(PollexError):
 class RateLimited(PollexError):
     status = 429
     outcome: Outcome = "rate_limited"
+    code = "rate_limit_exceeded"
 
     def __init__(self, retry_after_s: float) -> None:
         super().__init__("rate limit exceeded")

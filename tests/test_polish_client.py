@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from fakes import closed_port_url
 from helpers import collect_events
 
@@ -23,6 +24,7 @@ from pollex.client.polish import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
     EXIT_UPSTREAM,
+    EXIT_USAGE,
     Progress,
     TextOutput,
     _status_failure,
@@ -175,6 +177,83 @@ async def test_upstream_failed_mid_answer(pollex: Any, ollama: Any) -> None:
     assert (code, out) == (EXIT_UPSTREAM, b"I went")  # what had arrived, nothing more
     # The class of failure, not the upstream's own words (they may quote the text).
     assert err == b"pollex: ollama reported an error\n"
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "localhost:8090", "http://", "http://x:port"])
+async def test_a_url_that_is_not_http_is_a_usage_error(url: str) -> None:
+    code, out, err = await run_polish(url, stdin=TEXT.encode())
+
+    assert (code, out) == (EXIT_USAGE, b"")
+    assert err.decode() == f"pollex: invalid URL: {url} (expected http://HOST[:PORT])\n"
+
+
+async def serve_other(aiohttp_server: Any, status: int, body: str, content_type: str) -> str:
+    """A web server that is not pollex, answering every request the same way."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return url_of(await aiohttp_server(app))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "exit_code"),
+    [
+        (501, "<html><body><h1>501 Not Implemented</h1></body></html>", "text/html", 3),
+        (502, "<html><body>Bad Gateway</body></html>", "text/html", 3),
+        (503, '{"error": "maintenance"}', "application/json", 3),  # JSON, no X-Request-ID
+        (404, "<html><body>Not Found</body></html>", "text/html", EXIT_FAILURE),
+        (200, "<html><body>Welcome</body></html>", "text/html", EXIT_FAILURE),
+    ],
+)
+async def test_a_server_that_is_not_pollex_is_named_so(
+    aiohttp_server: Any, status: int, body: str, content_type: str, exit_code: int
+) -> None:
+    url = await serve_other(aiohttp_server, status, body, content_type)
+
+    code, out, err = await run_polish(url, stdin=TEXT.encode())
+
+    assert (code, out) == (exit_code, b"")
+    detail = "HTTP 200, not an event stream" if status == 200 else f"HTTP {status}"
+    assert err.decode() == f"pollex: not a pollex server at {url} ({detail})\n"
+
+
+async def test_pollexs_own_503_is_still_no_model_could(pollex: Any) -> None:
+    """The same status from pollex itself (JSON with an X-Request-ID) keeps its meaning."""
+    client = await pollex(llamacpp_url=closed_port_url())
+
+    code, _, err = await run_polish(url_of(client), stdin=TEXT.encode())
+
+    assert code == EXIT_UPSTREAM
+    assert err.startswith(b"pollex: no backend could serve the request")
+
+
+async def test_a_stream_cut_mid_answer_says_so() -> None:
+    """pollex (or the network) goes away in the middle of a chunked event stream."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"X-Request-ID: " + b"a" * 32 + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    events = (
+        b'event: start\ndata: {"model":"m","fallback_from":null}\n\n'
+        b'event: delta\ndata: {"text":"I went"}\n\n'
+    )
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + b"%x\r\n" % len(events) + events + b"\r\n")
+        await writer.drain()
+        writer.close()  # no last chunk: the body is cut short
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        code, out, err = await run_polish(f"http://127.0.0.1:{port}", stdin=TEXT.encode())
+
+    assert (code, out) == (EXIT_UNREACHABLE, b"I went")  # what had arrived, nothing more
+    assert err == b"pollex: the connection to pollex was lost mid-answer\n"
 
 
 async def test_not_utf8_is_bad_input() -> None:

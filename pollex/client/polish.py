@@ -17,11 +17,12 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+from urllib.parse import urlsplit
 
+from pollex.client.display import Progress, TextOutput
 from pollex.parsing import SSEDecoder, SSEEvent
 
 EXIT_OK = 0
@@ -37,7 +38,6 @@ CONNECT_TIMEOUT_S = 10.0
 # pollex sends `: keep-alive` after `keepalive_s` (default 15 s) of silence, so this much
 # silence means the connection is dead, not that the model is slow.
 READ_TIMEOUT_S = 120.0
-PROGRESS_EVERY_S = 0.1
 
 
 class Failure(Exception):
@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The `polish` subcommand; returns the exit status."""
     try:
+        check_url(args.url)
         text = read_input(args.file)
         if not text.strip():
             raise Failure("nothing to polish: the input is empty", EXIT_BAD_INPUT)
@@ -102,6 +103,18 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_OK
+
+
+def check_url(url: str) -> None:
+    """An http(s) URL with a host, else a usage error (exit 2) before anything is read."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise Failure(f"invalid URL: {url} (expected http://HOST[:PORT])", EXIT_USAGE)
 
 
 def read_input(file: str | None) -> str:
@@ -152,15 +165,27 @@ async def polish(
             session.post(endpoint, json=body, headers=headers) as resp,
         ):
             if resp.status != 200:
-                raise _status_failure(resp.status, await resp.read())
+                answer = await resp.read()
+                if not _from_pollex(resp.headers, answer):
+                    raise _not_pollex(url, resp.status)
+                raise _status_failure(resp.status, answer)
             if not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-                raise Failure(f"{endpoint} did not answer with an event stream", EXIT_FAILURE)
+                raise Failure(
+                    f"not a pollex server at {url} (HTTP 200, not an event stream)",
+                    EXIT_FAILURE,
+                )
             decoder = SSEDecoder()
-            async for chunk in resp.content.iter_any():
-                for event in decoder.feed(chunk):
-                    done = _handle(event, on_text, progress)
-                    if done is not None:
-                        return done
+            try:
+                async for chunk in resp.content.iter_any():
+                    for event in decoder.feed(chunk):
+                        done = _handle(event, on_text, progress)
+                        if done is not None:
+                            return done
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+                # aiohttp's words for it are about transfer encodings and lengths.
+                raise Failure(
+                    "the connection to pollex was lost mid-answer", EXIT_UNREACHABLE
+                ) from None
     except aiohttp.InvalidURL:
         raise Failure(f"invalid URL: {url}", EXIT_USAGE) from None
     except aiohttp.ClientConnectorError as exc:
@@ -202,6 +227,25 @@ def _handle(
     return None
 
 
+def _from_pollex(headers: Mapping[str, str], body: bytes) -> bool:
+    """pollex's own error answers are JSON `{"error": ...}` and carry an `X-Request-ID`;
+    a proxy's or another server's (an HTML 502 page, a 501) do not."""
+    if "X-Request-ID" not in headers:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "error" in data
+
+
+def _not_pollex(url: str, status: int) -> Failure:
+    """Something else answered: a 5xx (a proxy whose pollex is gone, a server that is not
+    pollex) means pollex was not reached; anything else, that the URL is wrong."""
+    exit_code = EXIT_UNREACHABLE if status >= 500 else EXIT_FAILURE
+    return Failure(f"not a pollex server at {url} (HTTP {status})", exit_code)
+
+
 def _status_failure(status: int, body: bytes) -> Failure:
     message = _error_message(body) or f"HTTP {status}"
     if status in (401, 403):
@@ -223,87 +267,3 @@ def _error_message(body: bytes) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return error if isinstance(error, str) else ""
-
-
-def _newlines(whitespace: str) -> str:
-    return ("\r\n" if "\r\n" in whitespace else "\n") * whitespace.count("\n")
-
-
-class TextOutput:
-    """Writes the answer as it streams, shaped like the input (see the module docstring).
-
-    Whitespace at the end of what arrived so far is held back until more text follows,
-    because it may be the answer's trailing whitespace, which the input's replaces.
-    """
-
-    def __init__(self, source: str, out: IO[bytes]) -> None:
-        self._out = out
-        self._head = _newlines(source[: len(source) - len(source.lstrip())])
-        self._tail = _newlines(source[len(source.rstrip()) :])
-        self._started = False
-        self._held = ""
-
-    def write(self, chunk: str) -> None:
-        if not self._started:
-            chunk = chunk.lstrip()
-            if not chunk:
-                return
-            self._started = True
-            chunk = self._head + chunk
-        text = self._held + chunk
-        body = text.rstrip()
-        self._held = text[len(body) :]
-        if body:
-            self._out.write(body.encode("utf-8"))
-            self._out.flush()
-
-    def finish(self) -> None:
-        self._out.write(self._tail.encode("utf-8"))
-        self._out.flush()
-
-
-class Progress:
-    """A one-line status on stderr while waiting, for a human at a terminal only.
-
-    When stdout is that terminal too, the line is cleared before the first text so the
-    two never mix; otherwise (output piped or `--json`) it counts characters.
-    """
-
-    def __init__(self, err: IO[str], *, enabled: bool, stdout_tty: bool) -> None:
-        self._err = err
-        self._enabled = enabled
-        self._stdout_tty = stdout_tty
-        self._shown = False
-        self._model = ""
-        self._chars = 0
-        self._last = 0.0
-
-    def waiting(self) -> None:
-        self._show("pollex: waiting for a model…")
-
-    def started(self, model: str, fallback_from: object) -> None:
-        self._model = model if fallback_from is None else f"{model} (for {fallback_from})"
-        self._show(f"pollex: {self._model} is writing…")
-
-    def text(self, chars: int) -> None:
-        if self._stdout_tty:
-            self.clear()
-            self._enabled = False
-            return
-        self._chars += chars
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
-            self._show(f"pollex: {self._model}: {self._chars} characters")
-
-    def clear(self) -> None:
-        if self._shown:
-            self._err.write("\r\x1b[K")
-            self._err.flush()
-            self._shown = False
-
-    def _show(self, line: str) -> None:
-        if self._enabled:
-            self._err.write(f"\r\x1b[K{line}")
-            self._err.flush()
-            self._shown = True

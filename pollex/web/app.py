@@ -19,7 +19,7 @@ from pollex.routing.availability import Availability
 from pollex.routing.capacity import Capacity
 from pollex.routing.inflight import InFlight
 from pollex.routing.router import Router
-from pollex.web import polish, status
+from pollex.web import page, polish, status
 from pollex.web.errors import ERROR_BODY, pollex_error_body
 from pollex.web.guard import SlidingWindowLimiter
 from pollex.web.keys import (
@@ -63,6 +63,7 @@ def create_app(config: Config, backends: Backends | None = None) -> web.Applicat
     app.router.add_get("/health", status.health)
     app.router.add_get("/metrics", status.metrics)
     app.add_subapp("/v1", openai_app())
+    page.add_routes(app)
     return app
 
 

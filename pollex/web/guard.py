@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from pollex.web.page import PAGE_PATHS
+
 EXEMPT_PATHS = frozenset({"/api/health", "/health", "/metrics"})
 LISTING_PATHS = frozenset({"/api/models", "/v1/models"})
 # Names a page cannot rebind: the browser resolves them to this machine itself.
@@ -30,7 +32,8 @@ MAX_CLIENTS = 4096
 
 
 def is_exempt(request: web.BaseRequest) -> bool:
-    return request.method == "OPTIONS" or request.path in EXEMPT_PATHS
+    path = request.path
+    return request.method == "OPTIONS" or path in EXEMPT_PATHS or path in PAGE_PATHS
 
 
 def is_listing(request: web.BaseRequest) -> bool:

@@ -18,16 +18,17 @@ from pollex.errors import ModelNotFound, UnknownModel
 from pollex.web import exchange
 from pollex.web.errors import ERROR_BODY
 from pollex.web.keys import BACKENDS, CONFIG, LOG_FIELDS, REQUEST_ID, ROUTER, SYSTEM_PROMPT
-from pollex.web.openai_request import CHAT_MODEL, CompletionParams
+from pollex.web.openai_request import CHAT_MODEL, POLISH_MODELS, CompletionParams
 from pollex.web.wires import Answer, OpenAIWire, usage_object
 
 # When `GET /v1/models` says the models were created: when the app was built.
 MODELS_CREATED = web.AppKey("openai_models_created", int)
+# OpenAI answers an unknown model or URL with 404 and `invalid_request_error`.
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -40,23 +41,38 @@ def openai_app() -> web.Application:
     app[MODELS_CREATED] = int(time.time())
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/models", list_models)
+    app.router.add_get("/models/{model_id:.+}", retrieve_model)
     return app
 
 
 def openai_error_body(status: int, message: str, code: str | None) -> dict[str, Any]:
-    error = {
-        "message": message,
-        "type": _ERROR_TYPES.get(status, "server_error"),
-        "code": code or status,
-    }
+    """OpenAI's error shape. `code` is a string (`invalid_api_key`, `model_not_found`,
+    `rate_limit_exceeded`) or null, never the status: SDKs type it as a string."""
+    error = {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "code": code}
     return {"error": error}
 
 
 async def list_models(request: web.Request) -> web.Response:
-    created = request.config_dict[MODELS_CREATED]
-    ids = ["pollex", CHAT_MODEL, *(a.id for a in request.config_dict[BACKENDS].listed())]
-    data = [{"id": i, "object": "model", "created": created, "owned_by": "pollex"} for i in ids]
+    data = [_model(request, i) for i in _model_ids(request)]
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{id}`: OpenAI's retrieve call (`client.models.retrieve(id)`). Any id
+    `model` accepts is found, `pollex:polish` too, though the list leaves it out."""
+    model_id = request.match_info["model_id"]
+    if model_id not in POLISH_MODELS and model_id not in _model_ids(request):
+        raise ModelNotFound(f"unknown model: {model_id}")
+    return web.json_response(_model(request, model_id))
+
+
+def _model_ids(request: web.Request) -> list[str]:
+    return ["pollex", CHAT_MODEL, *(a.id for a in request.config_dict[BACKENDS].listed())]
+
+
+def _model(request: web.Request, model_id: str) -> dict[str, Any]:
+    created = request.config_dict[MODELS_CREATED]
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "pollex"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,8 @@ The `model` field picks the mode and the backends:
   chain after it if it fails before its first token.
 - anything else: 404 `model_not_found`.
 
-Streaming is decided by the body's `stream` field only (no plugin surveyed sends an
+A `developer` message (newer OpenAI clients send it instead of `system`) is a `system`
+message. Streaming is decided by the body's `stream` field only (no plugin surveyed sends an
 `Accept` header that means it). Sampling fields (`temperature`, `top_p`, `stop`, ...),
 `tools`, `n` and anything unknown are ignored: pollex always asks for one greedy answer.
 """
@@ -26,7 +27,7 @@ from pollex.routing.jobs import ChatJob, Job, PolishJob
 
 POLISH_MODELS = frozenset({"pollex", "pollex:polish"})
 CHAT_MODEL = "pollex:chat"
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def _messages(value: Any) -> tuple[Message, ...]:
         role = item.get("role")
         if role not in ROLES:
             raise BadRequest(f"{where}.role: must be one of {', '.join(ROLES)}")
+        # Newer OpenAI clients send `developer` where older ones sent `system`; the
+        # backends behind pollex know only `system`.
+        if role == "developer":
+            role = "system"
         messages.append(Message(role, _content(item.get("content"), f"{where}.content")))
     return tuple(messages)
 

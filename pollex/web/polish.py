@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from pollex.edits import edits
 from pollex.errors import BadRequest
 from pollex.routing.jobs import PolishJob
 from pollex.web import exchange
 from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
 from pollex.web.wires import Answer, PollexWire
+
+# JSON may carry a lone surrogate (`"\ud800"`, half an emoji cut by a client), which no
+# UTF-8 text can: it becomes U+FFFD, one code point for one, so `edits` spans still hold.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,7 @@ class PolishParams:
     model_id: str | None
     stream: bool
     fallback: bool
+    edits: bool
 
     @classmethod
     def parse(cls, body: Any, max_text_chars: int) -> PolishParams:
@@ -37,7 +44,11 @@ class PolishParams:
         if model_id is not None and not isinstance(model_id, str):
             raise BadRequest("model_id: must be a string")
         return cls(
-            text, model_id or None, _flag(body, "stream", False), _flag(body, "fallback", True)
+            _LONE_SURROGATE.sub("\ufffd", text),
+            model_id or None,
+            _flag(body, "stream", False),
+            _flag(body, "fallback", True),
+            _flag(body, "edits", False),
         )
 
 
@@ -58,19 +69,28 @@ async def polish(request: web.Request) -> web.StreamResponse:
     plan = app[ROUTER].plan(params.model_id, params.fallback)
     job = PolishJob(params.text, app[SYSTEM_PROMPT], config.max_output_tokens)
     exchange.count_input(request, job)
+    edits_of = params.text if params.edits else None
     if params.stream or "text/event-stream" in request.headers.get("Accept", ""):
-        wire = PollexWire(request[REQUEST_ID])
-        return await exchange.serve_stream(request, plan, job, started, wire, defer_headers=False)
-    return await exchange.serve_json(request, plan, job, started, _json_answer)
+        wire = PollexWire(request[REQUEST_ID], edits_of)
+        # Headers wait for the first event or `keepalive_s`, as on /v1: a failure found
+        # before then (no backend could serve) is a real 503 with `Retry-After`.
+        return await exchange.serve_stream(request, plan, job, started, wire, defer_headers=True)
+    return await exchange.serve_json(
+        request, plan, job, started, lambda answer: _json_answer(answer, edits_of)
+    )
 
 
-def _json_answer(answer: Answer) -> dict[str, Any]:
+def _json_answer(answer: Answer, edits_of: str | None) -> dict[str, Any]:
     """The original Go service's answer (its browser extension reads it), and more."""
     served = answer.served
-    return {
-        "polished": served.text.strip(),
+    polished = served.text.strip()
+    body: dict[str, Any] = {
+        "polished": polished,
         "model": served.adapter.id,
         "elapsed_ms": answer.elapsed_ms,
         "provider": served.adapter.provider,
         "fallback_from": served.fallback_from,
     }
+    if edits_of is not None:
+        body["edits"] = edits(edits_of, polished)
+    return body

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pollex.adapters import Adapter, Usage
+from pollex.edits import edits
 from pollex.parsing import encodable
 from pollex.routing.router import Served
 from pollex.web.sse import dumps, encode
@@ -48,10 +49,15 @@ DELTA_SUFFIX = b"}\n\n"
 
 class PollexWire:
     """`queued`... while waiting for a slot, `start`, `delta`..., then `done` or `error`
-    (README: the API)."""
+    (README: the API).
 
-    def __init__(self, request_id: str) -> None:
+    `edits_of` is the submitted text when the request asked for `edits`: they are computed
+    once, for `done`, never per token.
+    """
+
+    def __init__(self, request_id: str, edits_of: str | None = None) -> None:
         self._request_id = request_id
+        self._edits_of = edits_of
 
     def queued(self, position: int, model: str, estimated_wait_s: float | None) -> bytes:
         wait = None if estimated_wait_s is None else round(estimated_wait_s, 1)
@@ -75,16 +81,17 @@ class PollexWire:
             return DELTA_PREFIX + dumps(encodable(chunk)).encode() + DELTA_SUFFIX
 
     def done(self, answer: Answer) -> bytes:
-        return encode("done", done_payload(answer))
+        return encode("done", done_payload(answer, self._edits_of))
 
     def error(self, message: str, status: int) -> bytes:
         return encode("error", {"error": message, "status": status})
 
 
-def done_payload(answer: Answer) -> dict[str, Any]:
+def done_payload(answer: Answer, edits_of: str | None = None) -> dict[str, Any]:
     served = answer.served
+    polished = served.text.strip()
     done: dict[str, Any] = {
-        "polished": served.text.strip(),
+        "polished": polished,
         "model": served.adapter.id,
         "provider": served.adapter.provider,
         "elapsed_ms": answer.elapsed_ms,
@@ -94,6 +101,8 @@ def done_payload(answer: Answer) -> dict[str, Any]:
     }
     if served.finish.usage is not None:
         done["usage"] = served.finish.usage.as_dict()
+    if edits_of is not None:
+        done["edits"] = edits(edits_of, polished)
     return done
 
 
@@ -149,7 +158,8 @@ class OpenAIWire:
         return tail + DONE
 
     def error(self, message: str, status: int) -> bytes:
-        return encode(None, {"error": {"message": message, "type": "server_error", "code": status}})
+        # `code` is a string or null in OpenAI's errors; the status is the HTTP one's business.
+        return encode(None, {"error": {"message": message, "type": "server_error", "code": None}})
 
     def _choice(self, delta: dict[str, str], reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": reason}

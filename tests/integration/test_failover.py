@@ -137,14 +137,16 @@ async def test_fallback_false_pins_the_request(ollama: Any, pollex: Any) -> None
     assert ollama.fake.requests == []
 
 
-async def test_fallback_false_in_sse_is_an_error_event(ollama: Any, pollex: Any) -> None:
+async def test_fallback_false_in_sse_is_a_503_before_the_stream(ollama: Any, pollex: Any) -> None:
+    """The SSE headers wait for the first event: a failure found before it is an HTTP 503."""
     client = await pollex(llamacpp_url=closed_port_url(), llamacpp_model=GPU, ollama_url=ollama.url)
-    url = str(client.make_url("/api/polish"))
 
-    events = await collect_events(url, {"text": "x", "stream": True, "fallback": False})
+    resp = await client.post("/api/polish", json={"text": "x", "stream": True, "fallback": False})
 
-    assert [e.event for e in events] == ["error"]
-    assert events[0].data["status"] == 503
+    assert resp.status == 503
+    assert "Retry-After" in resp.headers
+    assert (await resp.json())["error"].startswith("no backend could serve the request")
+    assert ollama.fake.requests == []
 
 
 async def test_model_id_selects_an_adapter(llama: Any, ollama: Any, pollex: Any) -> None:

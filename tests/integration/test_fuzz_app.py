@@ -187,7 +187,11 @@ flags = st.one_of(st.booleans(), st.none(), json_values)
 # Valid requests (so the SSE and JSON answers are exercised), then every field mutated.
 good_polish = st.fixed_dictionaries(
     {"text": good_texts, "stream": st.booleans()},
-    optional={"model_id": st.sampled_from(["mock", "", None]), "fallback": st.booleans()},
+    optional={
+        "model_id": st.sampled_from(["mock", "", None]),
+        "fallback": st.booleans(),
+        "edits": st.booleans(),
+    },
 )
 mutated_polish = st.fixed_dictionaries(
     {},
@@ -196,6 +200,7 @@ mutated_polish = st.fixed_dictionaries(
         "model_id": st.one_of(st.sampled_from(["mock", "nope", ""]), st.none(), json_values),
         "stream": flags,
         "fallback": flags,
+        "edits": flags,
     },
 )
 polish_bodies = st.one_of(

@@ -169,7 +169,9 @@ async def test_unknown_route_under_v1_gets_openai_error_shape(pollex: Any) -> No
 
     body = await resp.json()
     assert resp.status == 404
-    assert body == {"error": {"message": "not found", "type": "not_found_error", "code": 404}}
+    assert body == {
+        "error": {"message": "not found", "type": "invalid_request_error", "code": None}
+    }
 
 
 async def test_many_concurrent_clients(pollex: Any) -> None:
