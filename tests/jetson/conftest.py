@@ -89,17 +89,24 @@ if [[ $1 == --version ]]; then
     echo "cmake version ${STUB_CMAKE_VERSION:-3.10.2}"
     exit 0
 fi
-build="" arch=""
+# Every -DNAME=VALUE lands in the cache, as with the real cmake. A test makes the cache
+# disagree with STUB_CONFIGURED_ARCH, STUB_CACHE_<NAME>=VALUE, or STUB_CACHE_DROP=NAME.
+build="" cache=""
 while (($#)); do
     case $1 in
         -B) build=$2; shift ;;
-        -DCMAKE_CUDA_ARCHITECTURES=*) arch=${1#*=} ;;
+        -D*=*)
+            name=${1#-D} value=${1#*=}
+            name=${name%%=*}
+            [[ $name == CMAKE_CUDA_ARCHITECTURES ]] && value=${STUB_CONFIGURED_ARCH:-$value}
+            override=STUB_CACHE_$name
+            value=${!override:-$value}
+            [[ $name == "${STUB_CACHE_DROP:-}" ]] || cache+="$name:STRING=$value"$'\n' ;;
     esac
     shift
 done
 mkdir -p "$build"
-arch=${STUB_CONFIGURED_ARCH:-$arch}
-printf 'CMAKE_CUDA_ARCHITECTURES:STRING=%s\n' "$arch" >"$build/CMakeCache.txt"
+printf '%s' "$cache" >"$build/CMakeCache.txt"
 echo "-- Configuring done"
 """,
     "make": r"""

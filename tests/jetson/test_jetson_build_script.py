@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .conftest import Sandbox
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "jetson" / "build-llamacpp.sh"
 FIXTURE = HERE / "fixtures" / "llama.cpp-b5050"
 MODEL = "qwen2.5-1.5b-instruct-q4_0.gguf"
+# The dialect and CPU flags of the published b5050 Nano build (kreier/llama.cpp-jetson).
+NANO_FLAGS = {
+    "CMAKE_CUDA_STANDARD": "14",
+    "CMAKE_CUDA_STANDARD_REQUIRED": "true",
+    "GGML_CPU_ARM_ARCH": "armv8-a",
+    "GGML_NATIVE": "off",
+}
 STEPS = (
     "build dependencies",
     "cmake >=",
@@ -79,6 +93,8 @@ def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
         "-DCMAKE_CXX_COMPILER=/usr/bin/g++-8",
         "-DCMAKE_BUILD_TYPE=Release",
         "[dry-run] check CMAKE_CUDA_ARCHITECTURES=53",
+        *(f"-D{name}={value}" for name, value in NANO_FLAGS.items()),
+        *(f"[dry-run] check {name}={value} in " for name, value in NANO_FLAGS.items()),
         "make -C",
         "-j4 llama-server",
         "[dry-run] curl -fL --retry 5 --retry-delay 10 -C - -o",
@@ -109,6 +125,7 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
         "-DCMAKE_CUDA_ARCHITECTURES=53",
         "-DCMAKE_CUDA_HOST_COMPILER=/usr/bin/g++-8",
         f"-DCMAKE_CUDA_FLAGS=-I{p['build']}/pollex-cuda10-shim",
+        *(f"-D{name}={value}" for name, value in NANO_FLAGS.items()),
         f"make -C {p['build']}/build -j4 llama-server",
         "-C - -o",
         "useradd --system --user-group",
@@ -124,10 +141,11 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
     assert "pollex-jetson" in (p["build"] / "ggml" / "CMakeLists.txt").read_text()
     unit = p["unit"].read_text()
     assert f"ExecStart={p['bin']} -m {p['model']} --port 8080" in unit
-    assert (
-        "CMAKE_CUDA_ARCHITECTURES:STRING=53"
-        in (p["build"] / "build" / "CMakeCache.txt").read_text()
-    )
+    cache = (p["build"] / "build" / "CMakeCache.txt").read_text().splitlines()
+    assert "CMAKE_CUDA_ARCHITECTURES:STRING=53" in cache
+    for name, value in NANO_FLAGS.items():
+        assert f"{name}:STRING={value}" in cache, name
+        assert f"    {name}={value}" in first.stdout, name  # checked, and said so
     assert "pollex-build.log" in first.stdout
 
     sb.clear_log()
@@ -186,6 +204,51 @@ def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox) -> None:
     assert "CMAKE_CUDA_ARCHITECTURES is '50;61;70;75;80'" in result.stderr
     assert "CMakeCache.txt" in result.stderr
     assert not any(line.startswith("make ") for line in sb.log())
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STUB_CACHE_CMAKE_CUDA_STANDARD": "17"}, "CMAKE_CUDA_STANDARD is '17'"),
+        ({"STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED": "OFF"}, "_STANDARD_REQUIRED is 'OFF'"),
+        ({"STUB_CACHE_GGML_CPU_ARM_ARCH": "armv8.2-a+dotprod"}, "GGML_CPU_ARM_ARCH is 'armv8.2-a"),
+        ({"STUB_CACHE_GGML_NATIVE": "ON"}, "GGML_NATIVE is 'ON'"),
+        ({"STUB_CACHE_DROP": "CMAKE_CUDA_STANDARD"}, "CMAKE_CUDA_STANDARD is ''"),
+        ({"STUB_CACHE_DROP": "GGML_NATIVE"}, "GGML_NATIVE is ''"),
+    ],
+    ids=["dialect-17", "not-required", "other-arm-arch", "native-on", "no-standard", "no-native"],
+)
+def test_a_cache_without_the_nano_flags_stops_before_make(
+    build_sandbox: Sandbox, env: dict[str, str], message: str
+) -> None:
+    sb = build_sandbox
+    result = sb.run(SCRIPT, **env)
+    assert result.returncode != 0
+    assert message in result.stderr and "CMakeCache.txt, expected" in result.stderr
+    assert "see NANO_CMAKE_FLAGS in " in result.stderr
+    assert not any(line.startswith("make ") for line in sb.log())
+
+
+def test_cmake_spellings_of_true_and_false_pass_the_check(build_sandbox: Sandbox) -> None:
+    result = run_ok(
+        build_sandbox, STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED="ON", STUB_CACHE_GGML_NATIVE="FALSE"
+    )
+    assert "    CMAKE_CUDA_STANDARD_REQUIRED=ON" in result.stdout
+    assert "    GGML_NATIVE=FALSE" in result.stdout
+
+
+def test_each_nano_flag_has_a_one_line_reason() -> None:
+    text = SCRIPT.read_text()
+    block = re.search(r"^NANO_CMAKE_FLAGS=\(\n(.*?)^\)$", text, re.M | re.S)
+    assert block is not None
+    lines = [line.strip() for line in block.group(1).splitlines()]
+    reasons, flags = lines[0::2], lines[1::2]
+    assert flags == [f"-D{name}={value}" for name, value in NANO_FLAGS.items()]
+    for reason in reasons:
+        assert reason.startswith("# ") and len(reason) > 30, reason
+    # passed to cmake and checked in the cache, in that function order
+    assert '"${NANO_CMAKE_FLAGS[@]}" \\' in text
+    assert text.index("check_configured\n}") < text.index("check_configured() {")
 
 
 def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox) -> None:
