@@ -348,6 +348,7 @@ def install_sandbox(sandbox: Sandbox) -> Sandbox:
             "PYTHON_DIR": str(r / "opt" / "pollex-python"),
             "PREFIX": str(r / "opt" / "pollex"),
             "CONF_DIR": str(r / "etc" / "pollex"),
+            "MONITORING_DIR": str(r / "etc" / "pollex-monitoring"),
             "UNIT_DIR": str(r / "etc" / "systemd" / "system"),
             "HEALTH_WAIT_S": "1",
         }

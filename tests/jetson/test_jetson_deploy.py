@@ -21,8 +21,8 @@ def copied(sb) -> list[Path]:
     """The local files of the (one) scp call in the stub log."""
     [scp] = [line for line in sb.log() if line.startswith("scp ")]
     words = scp.split()
-    assert words[:2] == ["scp", "-q"] and words[-1] == f"{TARGET}:pollex-deploy/"
-    return [Path(w) for w in words[2:-1]]
+    assert words[:3] == ["scp", "-q", "-r"] and words[-1] == f"{TARGET}:pollex-deploy/"
+    return [Path(w) for w in words[3:-1]]
 
 
 def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox) -> None:
@@ -30,7 +30,7 @@ def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox) -> 
     assert result.returncode == 0, result.stderr
     assert sandbox.log() == [
         f"ssh {TARGET} mkdir -p pollex-deploy",
-        f"scp -q {JETSON}/build-llamacpp.sh {JETSON}/lib.sh {JETSON}/llama-server.service "
+        f"scp -q -r {JETSON}/build-llamacpp.sh {JETSON}/lib.sh {JETSON}/llama-server.service "
         f"{TARGET}:pollex-deploy/",
         f"ssh -t {TARGET} sudo bash pollex-deploy/build-llamacpp.sh --force",
     ]
@@ -43,16 +43,17 @@ def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
     log = sandbox.log()
     assert log[0] == "python3 -c import build"
     assert log[1].startswith("python3 -m build --wheel --outdir ")
-    scp = next(line for line in log if line.startswith("scp "))
-    for name in (
+    names = [f.name for f in copied(sandbox)]
+    assert names == [
         "install-pollex.sh",
         "lib.sh",
         "config.yaml",
         "pollex.service",
         "jetson-clocks.service",
+        "monitoring",
         "pollex-1.0.0-py3-none-any.whl",
-    ):
-        assert name in scp
+    ]
+    assert (JETSON / "monitoring").is_dir()
     assert log[-1] == (
         f"ssh -t {TARGET} sudo bash pollex-deploy/install-pollex.sh --jetson-clocks "
         "pollex-deploy/pollex-1.0.0-py3-none-any.whl"
@@ -76,12 +77,21 @@ def test_what_deploy_copies_is_all_the_script_needs_on_the_nano(
         if f.suffix == ".whl":  # deploy's wheel is gone by now: install the sandbox's one
             f = sb.root / "dist" / f.name
             args.append(str(nano / f.name))
-        shutil.copy2(f, nano)
+        if f.is_dir():  # scp -r
+            shutil.copytree(f, nano / f.name)
+        else:
+            shutil.copy2(f, nano)
     result = sb.run(nano / script, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "==> done" in result.stdout
     unit = "llama-server.service" if kind == "build" else "pollex.service"
     assert (Path(sb.env["UNIT_DIR"]) / unit).is_file()
+    if kind == "install":
+        installed = Path(sb.env["MONITORING_DIR"])
+        assert (installed / "alerts.yml").read_text() == (
+            JETSON / "monitoring/alerts.yml"
+        ).read_text()
+        assert "skipping" not in result.stdout.split("==> monitoring files", 1)[1].split("==>")[0]
 
 
 def test_status_checks_both_units_and_health_on_the_nano(sandbox) -> None:

@@ -33,6 +33,7 @@ from monitoring_kit import (
 )
 
 PROMETHEUS_YML = REPO / "jetson" / "monitoring" / "prometheus.yml"
+INSTALL_SCRIPT = REPO / "jetson" / "install-pollex.sh"
 PROMETHEUS_OWN = {"up"}  # series Prometheus makes for each target
 
 EXPRESSIONS = all_expressions()
@@ -41,6 +42,14 @@ EXPRESSIONS = all_expressions()
 def scrape_configs() -> dict[str, dict[str, Any]]:
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def installed_monitoring_dir() -> str:
+    m = re.search(
+        r'^MONITORING_DIR="\$\{MONITORING_DIR:-(/[^}]+)\}"', INSTALL_SCRIPT.read_text(), re.M
+    )
+    assert m, "install-pollex.sh sets no MONITORING_DIR default"
+    return m.group(1)
 
 
 # --------------------------------------------------------------------- prometheus.yml
@@ -235,6 +244,13 @@ def test_every_alerting_series_is_on_the_dashboard() -> None:
 
 
 # --------------------------------------------------------------------- Grafana provisioning
+
+
+def test_dashboard_provisioning_points_at_the_installed_dashboard() -> None:
+    doc = yaml.safe_load((PROVISIONING / "dashboards" / "pollex.yml").read_text())
+    (provider,) = doc["providers"]
+    assert doc["apiVersion"] == 1 and provider["type"] == "file"
+    assert provider["options"]["path"] == f"{installed_monitoring_dir()}/grafana/dashboards"
 
 
 def test_datasource_provisioning_is_a_prometheus() -> None:
