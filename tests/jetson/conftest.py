@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,6 +358,6 @@ def install_sandbox(sandbox: Sandbox) -> Sandbox:
 
 
 @pytest.fixture
-def hash_tree():
+def hash_tree() -> Callable[[Path], str]:
     """The tree_hash function (tests do not import conftest: import modes differ)."""
     return tree_hash

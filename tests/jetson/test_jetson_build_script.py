@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,7 @@ def mutating(log: list[str]) -> list[str]:
     ]
 
 
-def paths(sb) -> dict[str, Path]:
+def paths(sb: Sandbox) -> dict[str, Path]:
     e = sb.env
     return {
         "build": Path(e["BUILD_DIR"]),
@@ -67,13 +68,13 @@ def paths(sb) -> dict[str, Path]:
     }
 
 
-def run_ok(sb, *args: str, **env: str):
+def run_ok(sb: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = sb.run(SCRIPT, *args, **env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
+def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = run_ok(sb, "--dry-run")
     out = result.stdout
@@ -108,7 +109,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
     assert not (sb.root / "opt").exists()
 
 
-def test_first_run_does_everything_second_run_skips_everything(build_sandbox) -> None:
+def test_first_run_does_everything_second_run_skips_everything(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     p = paths(sb)
     first = run_ok(sb)
@@ -156,7 +157,7 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
     assert "is up to date" in second.stdout and "llama-server is running" in second.stdout
 
 
-def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox) -> None:
+def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     run_ok(sb)
     sb.clear_log()
@@ -170,7 +171,7 @@ def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox) -> None:
     assert "patches" in result.stdout and "already applied" in result.stdout
 
 
-def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox) -> None:
+def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     build = paths(sb)["build"]
     shutil.copytree(FIXTURE, build)
@@ -181,7 +182,7 @@ def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox) -> None:
     assert not any(line.startswith("git clone") for line in sb.log())
 
 
-def test_tag_at_another_commit_is_refused(build_sandbox) -> None:
+def test_tag_at_another_commit_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_GIT_HEAD="0123456789abcdef0123456789abcdef01234567")
     assert result.returncode != 0
@@ -189,7 +190,7 @@ def test_tag_at_another_commit_is_refused(build_sandbox) -> None:
     assert not paths(sb)["bin"].exists()
 
 
-def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox) -> None:
+def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     paths(sb)["build"].mkdir(parents=True)
     result = sb.run(SCRIPT)
@@ -197,7 +198,7 @@ def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox) -> None:
     assert "exists but is not a git clone" in result.stderr
 
 
-def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox) -> None:
+def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_CONFIGURED_ARCH="50;61;70;75;80")
     assert result.returncode != 0
@@ -251,7 +252,7 @@ def test_each_nano_flag_has_a_one_line_reason() -> None:
     assert text.index("check_configured\n}") < text.index("check_configured() {")
 
 
-def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox) -> None:
+def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = run_ok(sb, STUB_CMAKE_VERSION="3.22.1")
     assert "using cmake (3.22.1), skipping" in result.stdout
@@ -259,7 +260,7 @@ def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox) -> None:
     assert any(line.startswith("cmake -S") for line in sb.log())
 
 
-def test_interrupted_download_is_resumed(build_sandbox) -> None:
+def test_interrupted_download_is_resumed(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     model = paths(sb)["model"]
     model.parent.mkdir(parents=True)
@@ -271,7 +272,7 @@ def test_interrupted_download_is_resumed(build_sandbox) -> None:
     assert not Path(f"{model}.part").exists()
 
 
-def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox) -> None:
+def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SHA="0" * 64)
     assert result.returncode != 0
@@ -280,7 +281,7 @@ def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox) -> None:
     assert not model.exists() and not Path(f"{model}.part").exists()
 
 
-def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox) -> None:
+def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SIZE="999999999")
     assert result.returncode != 0
@@ -288,21 +289,21 @@ def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox) -> Non
     assert Path(f"{paths(sb)['model']}.part").exists()
 
 
-def test_unreachable_headers_ask_for_pinned_values(build_sandbox) -> None:
+def test_unreachable_headers_ask_for_pinned_values(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SIZE="", STUB_MODEL_SHA="")
     assert result.returncode != 0
     assert "set MODEL_SIZE and MODEL_SHA256" in result.stderr
 
 
-def test_pinned_checksum_skips_the_header_lookup(build_sandbox) -> None:
+def test_pinned_checksum_skips_the_header_lookup(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     data = Path(sb.env["STUB_MODEL_SRC"]).read_bytes()
     run_ok(sb, MODEL_SHA256=hashlib.sha256(data).hexdigest(), MODEL_SIZE=str(len(data)))
     assert not any(line.startswith("curl -fsSIL") for line in sb.log())
 
 
-def test_model_file_is_a_one_line_change(build_sandbox) -> None:
+def test_model_file_is_a_one_line_change(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     run_ok(sb, MODEL_FILE="qwen2.5-1.5b-instruct-q4_k_m.gguf", MODEL_URL="")
     p = paths(sb)
@@ -316,7 +317,7 @@ def test_model_file_is_a_one_line_change(build_sandbox) -> None:
     )
 
 
-def test_missing_nvcc_stops_before_touching_anything(build_sandbox) -> None:
+def test_missing_nvcc_stops_before_touching_anything(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     shutil.rmtree(sb.root / "cuda")
     result = sb.run(SCRIPT)
@@ -325,7 +326,7 @@ def test_missing_nvcc_stops_before_touching_anything(build_sandbox) -> None:
     assert mutating(sb.log()) == []
 
 
-def test_non_root_is_refused(build_sandbox) -> None:
+def test_non_root_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     fake_id = Path(sb.env["STUB_DIR"]) / "id"
     fake_id.write_text("#!/bin/bash\n[[ $1 == -u ]] && echo 1000 || echo user\n")
@@ -335,7 +336,7 @@ def test_non_root_is_refused(build_sandbox) -> None:
     assert sb.log() == []
 
 
-def test_help_and_bad_arguments(build_sandbox) -> None:
+def test_help_and_bad_arguments(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     assert "--patch-only DIR" in run_ok(sb, "--help").stdout
     bad = sb.run(SCRIPT, "--frobnicate")

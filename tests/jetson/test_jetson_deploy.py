@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .conftest import Sandbox
 
 HERE = Path(__file__).resolve().parent
 JETSON = HERE.parents[1] / "jetson"
@@ -13,11 +18,11 @@ SCRIPT = JETSON / "deploy.sh"
 TARGET = "me@nano.local"
 
 
-def deploy(sb, *args: str, **env: str):
+def deploy(sb: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return sb.run(SCRIPT, *args, **{"JETSON_HOST": "nano.local", "JETSON_USER": "me", **env})
 
 
-def copied(sb) -> list[Path]:
+def copied(sb: Sandbox) -> list[Path]:
     """The local files of the (one) scp call in the stub log."""
     [scp] = [line for line in sb.log() if line.startswith("scp ")]
     words = scp.split()
@@ -25,7 +30,7 @@ def copied(sb) -> list[Path]:
     return [Path(w) for w in words[3:-1]]
 
 
-def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox) -> None:
+def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox: Sandbox) -> None:
     result = deploy(sandbox, "build-llamacpp", "--force")
     assert result.returncode == 0, result.stderr
     assert sandbox.log() == [
@@ -37,7 +42,7 @@ def test_build_llamacpp_copies_the_script_lib_and_unit_then_runs_it(sandbox) -> 
     assert "==> build llama-server on nano.local" in result.stdout
 
 
-def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
+def test_install_builds_a_wheel_and_runs_the_installer(sandbox: Sandbox) -> None:
     result = deploy(sandbox, "install", "--jetson-clocks")
     assert result.returncode == 0, result.stderr
     log = sandbox.log()
@@ -66,13 +71,13 @@ def test_install_builds_a_wheel_and_runs_the_installer(sandbox) -> None:
     [("build-llamacpp", "build", "build-llamacpp.sh"), ("install", "install", "install-pollex.sh")],
 )
 def test_what_deploy_copies_is_all_the_script_needs_on_the_nano(
-    request, command: str, kind: str, script: str
+    request: pytest.FixtureRequest, command: str, kind: str, script: str
 ) -> None:
     sb = request.getfixturevalue(f"{kind}_sandbox")
     assert deploy(sb, command).returncode == 0
     nano = sb.root / "nano" / "pollex-deploy"
     nano.mkdir(parents=True)
-    args = []
+    args: list[str] = []
     for f in copied(sb):
         if f.suffix == ".whl":  # deploy's wheel is gone by now: install the sandbox's one
             f = sb.root / "dist" / f.name
@@ -94,7 +99,7 @@ def test_what_deploy_copies_is_all_the_script_needs_on_the_nano(
         assert "skipping" not in result.stdout.split("==> monitoring files", 1)[1].split("==>")[0]
 
 
-def test_status_checks_both_units_and_health_on_the_nano(sandbox) -> None:
+def test_status_checks_both_units_and_health_on_the_nano(sandbox: Sandbox) -> None:
     result = deploy(sandbox, "status")
     assert result.returncode == 0, result.stderr
     assert sandbox.log() == [f"ssh {TARGET} sh -s -- http://127.0.0.1:8090/api/health"]
@@ -103,7 +108,7 @@ def test_status_checks_both_units_and_health_on_the_nano(sandbox) -> None:
     assert "curl -sS --max-time 5" in script
 
 
-def test_logs(sandbox) -> None:
+def test_logs(sandbox: Sandbox) -> None:
     assert deploy(sandbox, "logs", "-f", "50").returncode == 0
     assert deploy(sandbox, "logs").returncode == 0
     assert sandbox.log() == [
@@ -112,7 +117,7 @@ def test_logs(sandbox) -> None:
     ]
 
 
-def test_dry_run_runs_nothing(sandbox) -> None:
+def test_dry_run_runs_nothing(sandbox: Sandbox) -> None:
     for cmd in ("build-llamacpp", "install", "status", "logs"):
         result = deploy(sandbox, cmd, DRY_RUN="1")
         assert result.returncode == 0, result.stderr
@@ -120,7 +125,7 @@ def test_dry_run_runs_nothing(sandbox) -> None:
     assert [line for line in sandbox.log() if line != "python3 -c import build"] == []
 
 
-def test_host_is_required_and_commands_are_checked(sandbox) -> None:
+def test_host_is_required_and_commands_are_checked(sandbox: Sandbox) -> None:
     no_host = deploy(sandbox, "status", JETSON_HOST="")
     assert no_host.returncode != 0 and "set JETSON_HOST" in no_host.stderr
     bad = deploy(sandbox, "reboot")

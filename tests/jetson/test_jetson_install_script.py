@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .conftest import Sandbox
+
+HashTree = Callable[[Path], str]
 
 HERE = Path(__file__).resolve().parent
 JETSON = HERE.parents[1] / "jetson"
@@ -49,11 +53,13 @@ def mutating(log: list[str]) -> list[str]:
     return [line for line in log if not line.startswith(READ_ONLY_PREFIXES)]
 
 
-def package(sb) -> Path:
+def package(sb: Sandbox) -> Path:
     return sb.root / "dist" / "pollex-1.0.0-py3-none-any.whl"
 
 
-def run_ok(sb, *args: str, script: Path = SCRIPT, **env: str):
+def run_ok(
+    sb: Sandbox, *args: str, script: Path = SCRIPT, **env: str
+) -> subprocess.CompletedProcess[str]:
     result = sb.run(script, *args, **env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -63,7 +69,9 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_first_run_installs_second_run_changes_nothing(install_sandbox, hash_tree) -> None:
+def test_first_run_installs_second_run_changes_nothing(
+    install_sandbox: Sandbox, hash_tree: HashTree
+) -> None:
     sb = install_sandbox
     first = run_ok(sb, str(package(sb)))
     for step in STEPS:
@@ -116,7 +124,7 @@ def test_first_run_installs_second_run_changes_nothing(install_sandbox, hash_tre
     assert hash_tree(sb.root / "etc") == etc_before
 
 
-def test_existing_config_and_secrets_are_kept(install_sandbox) -> None:
+def test_existing_config_and_secrets_are_kept(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     conf = Path(sb.env["CONF_DIR"])
     conf.mkdir(parents=True)
@@ -160,7 +168,7 @@ def test_without_monitoring_beside_it_the_installer_skips_that_step(
     assert "==> done" in result.stdout
 
 
-def test_a_new_package_is_installed_and_the_service_restarted(install_sandbox) -> None:
+def test_a_new_package_is_installed_and_the_service_restarted(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     run_ok(sb, str(package(sb)))
     package(sb).write_bytes(b"wheel v2")
@@ -174,7 +182,7 @@ def test_a_new_package_is_installed_and_the_service_restarted(install_sandbox) -
     )
 
 
-def test_jetson_clocks_flag_installs_and_starts_the_unit(install_sandbox) -> None:
+def test_jetson_clocks_flag_installs_and_starts_the_unit(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     run_ok(sb, "--jetson-clocks", str(package(sb)))
     unit = Path(sb.env["UNIT_DIR"]) / "jetson-clocks.service"
@@ -183,7 +191,7 @@ def test_jetson_clocks_flag_installs_and_starts_the_unit(install_sandbox) -> Non
     assert "systemctl start jetson-clocks.service" in sb.log()
 
 
-def test_uv_with_a_bad_checksum_is_refused(install_sandbox) -> None:
+def test_uv_with_a_bad_checksum_is_refused(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     Path(sb.env["STUB_UV_TARBALL"] + ".sha256").write_text("0" * 64 + "  uv.tar.gz\n")
     result = sb.run(SCRIPT, str(package(sb)))
@@ -192,7 +200,7 @@ def test_uv_with_a_bad_checksum_is_refused(install_sandbox) -> None:
     assert not (Path(sb.env["TOOLS_BIN"]) / "uv").exists()
 
 
-def test_dry_run_changes_nothing(install_sandbox) -> None:
+def test_dry_run_changes_nothing(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     result = run_ok(sb, "--dry-run", str(package(sb)))
     for step in STEPS:
@@ -204,7 +212,7 @@ def test_dry_run_changes_nothing(install_sandbox) -> None:
     assert not (sb.root / "opt").exists() and not (sb.root / "etc").exists()
 
 
-def test_arguments_are_checked(install_sandbox) -> None:
+def test_arguments_are_checked(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
     for args, message in (
         ((), "usage:"),
