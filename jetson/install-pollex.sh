@@ -200,7 +200,7 @@ MONITORING_KIT_FILES=(
 
 install_monitoring() {
     step "monitoring files in $MONITORING_DIR"
-    local src=$SCRIPT_DIR/monitoring f changed=0
+    local src=$SCRIPT_DIR/monitoring f changed=0 saved_umask
     if [[ ! -d $src ]]; then
         say "no $src beside this script; skipping (copy the whole jetson/ directory)"
         return 0
@@ -208,6 +208,10 @@ install_monitoring() {
     for f in prometheus.yml "${MONITORING_KIT_FILES[@]}"; do
         [[ -f $src/$f ]] || die "missing $src/$f (copy the whole jetson/ directory)"
     done
+    # Directories made here (write_file makes the grafana/ ones) are readable by everyone,
+    # whatever umask sudo passed on.
+    saved_umask=$(umask)
+    umask 022
     run install -d -m 0755 "$MONITORING_DIR"
     if [[ -f $MONITORING_DIR/prometheus.yml ]]; then
         say "$MONITORING_DIR/prometheus.yml exists, keeping it (defaults: $src/prometheus.yml)"
@@ -224,6 +228,7 @@ install_monitoring() {
         say "installed $MONITORING_DIR/$f"
         changed=1
     done
+    umask "$saved_umask"
     if ((changed)); then
         say "changed: a Prometheus or Grafana using them needs: sudo systemctl reload prometheus; sudo systemctl restart grafana-server"
     fi

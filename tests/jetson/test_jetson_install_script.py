@@ -154,6 +154,17 @@ def test_monitoring_kit_files_are_updated_and_prometheus_yml_is_kept(
     assert not any("prometheus" in line or "grafana" in line for line in sb.log())
 
 
+def test_monitoring_directories_are_readable_whatever_the_umask(install_sandbox: Sandbox) -> None:
+    sb = install_sandbox
+    strict = sb.root / "strict-umask.sh"
+    strict.write_text(f'umask 077\nexec bash {SCRIPT} "$@"\n')
+    run_ok(sb, str(package(sb)), script=strict)
+    installed = Path(sb.env["MONITORING_DIR"])
+    for directory in [installed, *(p for p in installed.rglob("*") if p.is_dir())]:
+        assert mode(directory) == 0o755, directory
+    assert mode(Path(sb.env["CONF_DIR"])) == 0o750  # the config stays the pollex group's
+
+
 def test_without_monitoring_beside_it_the_installer_skips_that_step(
     install_sandbox: Sandbox,
 ) -> None:
