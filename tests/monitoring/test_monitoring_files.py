@@ -82,8 +82,10 @@ def test_the_jobs_the_rules_select_are_scraped() -> None:
 def test_pollex_contract_series_names() -> None:
     # the table of design.md §3, with the series a histogram adds
     names = series_names()
-    assert "pollex_requests_total" in names and "pollex_polish_duration_seconds_bucket" in names
-    assert len(POLLEX_METRICS) == 12
+    assert names["pollex_polish_duration_seconds_bucket"] == "pollex_polish_duration_seconds"
+    assert contract_labels("pollex_polish_duration_seconds_bucket") == {"model", "le"}
+    assert contract_labels("pollex_polish_duration_seconds_count") == {"model"}
+    assert len(POLLEX_METRICS) == 12 and len(names) == 8 + 4 * 3  # 4 histograms
 
 
 def test_llama_server_names_come_from_the_capture() -> None:
@@ -120,12 +122,12 @@ def test_every_label_an_expression_uses_is_in_the_contract(name: str) -> None:
             assert m.label in contract_labels(selector.metric) | TARGET_LABELS, (
                 f"{name}: {selector.metric} has no label {m.label}"
             )
-    others = [s for s in uses.selectors if s.metric not in series_names()]
+    for selector in uses.selectors:  # llama-server's series and up: the target labels only
+        if selector.metric not in series_names():
+            assert {m.label for m in selector.matchers} <= TARGET_LABELS | {"job"}, name
     allowed = set(TARGET_LABELS) | uses.made
     for selector in pollex:
         allowed |= contract_labels(selector.metric)
-    if others:  # llama-server's metrics and up carry the target labels only
-        allowed |= {m.label for s in others for m in s.matchers if m.label in TARGET_LABELS}
     assert uses.grouping <= allowed, f"{name}: groups by {sorted(uses.grouping - allowed)}"
 
 
