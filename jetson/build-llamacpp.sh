@@ -59,6 +59,19 @@ BUILD_DEPS=(gcc-8 g++-8 make cmake git curl ca-certificates libcurl4-openssl-dev
 SHIM_DIRNAME=pollex-cuda10-shim   # inside the tree; passed to nvcc with -I
 MARK=pollex-jetson                # marks every patched spot
 
+# The configure flags of the published Nano build of b5050 (kreier/llama.cpp-jetson,
+# patch/b5050/README.md), each checked in CMakeCache.txt after configuring like the arch.
+NANO_CMAKE_FLAGS=(
+    # ggml's targets ask for cxx_std_17, from which CMake derives a CUDA17 dialect nvcc 10.2 lacks
+    -DCMAKE_CUDA_STANDARD=14
+    # C++14 as a requirement, not a wish: CMake must not let another dialect reach nvcc
+    -DCMAKE_CUDA_STANDARD_REQUIRED=true
+    # the Nano's Cortex-A57 is plain ARMv8.0-A: no dotprod, fp16 arithmetic, i8mm or SVE
+    -DGGML_CPU_ARM_ARCH=armv8-a
+    # no -mcpu=native probing of the build host: ggml honours GGML_CPU_ARM_ARCH only when off
+    -DGGML_NATIVE=off
+)
+
 DRY_RUN="${DRY_RUN:-0}"
 ALLOW_NON_ROOT="${ALLOW_NON_ROOT:-0}"
 FORCE=0
@@ -470,23 +483,47 @@ configure() {
         -DCMAKE_C_COMPILER="$CC_BIN" \
         -DCMAKE_CXX_COMPILER="$CXX_BIN" \
         -DCMAKE_CUDA_FLAGS="-I$BUILD_DIR/$SHIM_DIRNAME" \
+        "${NANO_CMAKE_FLAGS[@]}" \
         -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_CURL=ON \
         -DLLAMA_BUILD_TESTS=OFF
-    check_configured_arch
+    check_configured
 }
 
-check_configured_arch() {
-    local cache=$BUILD_DIR/build/CMakeCache.txt value
+# CMake's truth values, so that a cache saying ON passes for a flag given as true.
+cmake_bool() {
+    case ${1^^} in
+        1 | ON | YES | TRUE | Y) printf 'ON' ;;
+        0 | OFF | NO | FALSE | N) printf 'OFF' ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
+
+# check_cache_entry CACHE NAME EXPECTED WHY: the configured value of NAME must be EXPECTED.
+check_cache_entry() {
+    local cache=$1 name=$2 want=$3 why=$4 value
+    value=$(sed -n -E "s/^$name(:[A-Z]+)?=//p" "$cache")
+    [[ $(cmake_bool "$value") == "$(cmake_bool "$want")" ]] \
+        || die "$name is '$value' in $cache, expected $want ($why)"
+    say "$name=$value"
+}
+
+# The cache, not the command line, says what the build will use.
+check_configured() {
+    local cache=$BUILD_DIR/build/CMakeCache.txt flag name
     if [[ $DRY_RUN == 1 ]]; then
         printf '[dry-run] check CMAKE_CUDA_ARCHITECTURES=%s in %s\n' "$CUDA_ARCH" "$cache"
+        for flag in "${NANO_CMAKE_FLAGS[@]}"; do
+            printf '[dry-run] check %s in %s\n' "${flag#-D}" "$cache"
+        done
         return 0
     fi
     [[ -f $cache ]] || die "no $cache after configuring"
-    value=$(sed -n -E 's/^CMAKE_CUDA_ARCHITECTURES(:[A-Z]+)?=//p' "$cache")
-    [[ $value == "$CUDA_ARCH" ]] \
-        || die "CMAKE_CUDA_ARCHITECTURES is '$value' in $cache, expected $CUDA_ARCH (the Nano's Maxwell GPU)"
-    say "CMAKE_CUDA_ARCHITECTURES=$value"
+    check_cache_entry "$cache" CMAKE_CUDA_ARCHITECTURES "$CUDA_ARCH" "the Nano's Maxwell GPU"
+    for flag in "${NANO_CMAKE_FLAGS[@]}"; do
+        name=${flag#-D}
+        check_cache_entry "$cache" "${name%%=*}" "${name#*=}" "see NANO_CMAKE_FLAGS in $0"
+    done
 }
 
 build() {

@@ -4,7 +4,7 @@
 #   JETSON_HOST=nano.local [JETSON_USER=me] jetson/deploy.sh COMMAND [ARGS]
 #
 #   build-llamacpp [--force]    copy build-llamacpp.sh, lib.sh and the unit, run it (~90 min)
-#   install [--jetson-clocks]   build a pollex wheel here, copy it with the installer, run it
+#   install [--jetson-clocks]   build a pollex wheel, copy it with the installer and monitoring/, run it
 #   status                      systemctl is-active of both services, then /api/health
 #   logs [-f] [LINES]           journal of both services
 #
@@ -49,7 +49,8 @@ remote() {
 copy_to_nano() {
     step "copy $(printf '%s ' "${@##*/}")to $(target):$REMOTE_DIR/"
     remote mkdir -p "$REMOTE_DIR"
-    run scp -q "$@" "$(target):$REMOTE_DIR/"
+    # -r for monitoring/: a directory lands as $REMOTE_DIR/monitoring, replacing its files.
+    run scp -q -r "$@" "$(target):$REMOTE_DIR/"
 }
 
 cmd_build_llamacpp() {
@@ -83,7 +84,8 @@ cmd_install() {
         ((${#wheels[@]} == 1)) || die "expected one pollex wheel in $dist, found ${#wheels[@]}"
     fi
     copy_to_nano "$SCRIPT_DIR/install-pollex.sh" "$SCRIPT_DIR/lib.sh" "$SCRIPT_DIR/config.yaml" \
-        "$SCRIPT_DIR/pollex.service" "$SCRIPT_DIR/jetson-clocks.service" "${wheels[0]}"
+        "$SCRIPT_DIR/pollex.service" "$SCRIPT_DIR/jetson-clocks.service" "$SCRIPT_DIR/monitoring" \
+        "${wheels[0]}"
     step "install pollex on $JETSON_HOST"
     remote -t sudo bash "$REMOTE_DIR/install-pollex.sh" "$@" "$REMOTE_DIR/${wheels[0]##*/}"
     [[ $DRY_RUN == 1 ]] || rm -rf "$dist"

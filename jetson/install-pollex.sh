@@ -6,7 +6,8 @@
 #   sudo ./install-pollex.sh [--jetson-clocks] [--dry-run] PACKAGE
 #
 # PACKAGE is a pollex wheel or sdist copied to the Nano (deploy.sh install does this).
-# lib.sh, config.yaml and the .service files are taken from beside this script.
+# lib.sh, config.yaml, the .service files and monitoring/ (Prometheus and Grafana files,
+# installed to /etc/pollex-monitoring) are taken from beside this script.
 # Idempotent: re-running with the same package changes nothing. DRY_RUN=1 (or --dry-run)
 # prints the commands that would change the system; every path can be overridden from
 # the environment.
@@ -29,6 +30,8 @@ TOOLS_BIN="${TOOLS_BIN:-/opt/pollex-tools/bin}"
 PYTHON_DIR="${PYTHON_DIR:-/opt/pollex-python}"   # readable by the pollex user, unlike /root
 PREFIX="${PREFIX:-/opt/pollex}"
 CONF_DIR="${CONF_DIR:-/etc/pollex}"
+# Not under /etc/pollex (0750, group pollex): Prometheus and Grafana run as users of their own.
+MONITORING_DIR="${MONITORING_DIR:-/etc/pollex-monitoring}"
 UNIT_DIR="${UNIT_DIR:-/etc/systemd/system}"
 POLLEX_USER="${POLLEX_USER:-pollex}"
 HEALTH_URL="${HEALTH_URL:-http://127.0.0.1:8090/api/health}"
@@ -46,7 +49,7 @@ trap '[[ -z $TMP_DIR ]] || rm -rf "$TMP_DIR"' EXIT
 export UV_PYTHON_INSTALL_DIR=$PYTHON_DIR
 export UV_PYTHON_PREFERENCE=only-managed
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 parse_args() {
     while (($#)); do
@@ -185,6 +188,52 @@ EOF
 }
 
 # install_unit NAME: copy NAME from beside this script if it differs; 0 when it changed.
+# The kit's own files: replaced when they differ. prometheus.yml is the user's (host label,
+# alerting): copied once, never overwritten, like config.yaml.
+MONITORING_KIT_FILES=(
+    alerts.yml
+    alerts.test.yml
+    grafana/dashboards/pollex.json
+    grafana/provisioning/dashboards/pollex.yml
+    grafana/provisioning/datasources/pollex.yml
+)
+
+install_monitoring() {
+    step "monitoring files in $MONITORING_DIR"
+    local src=$SCRIPT_DIR/monitoring f changed=0 saved_umask
+    if [[ ! -d $src ]]; then
+        say "no $src beside this script; skipping (copy the whole jetson/ directory)"
+        return 0
+    fi
+    for f in prometheus.yml "${MONITORING_KIT_FILES[@]}"; do
+        [[ -f $src/$f ]] || die "missing $src/$f (copy the whole jetson/ directory)"
+    done
+    # Directories made here (write_file makes the grafana/ ones) are readable by everyone,
+    # whatever umask sudo passed on.
+    saved_umask=$(umask)
+    umask 022
+    run install -d -m 0755 "$MONITORING_DIR"
+    if [[ -f $MONITORING_DIR/prometheus.yml ]]; then
+        say "$MONITORING_DIR/prometheus.yml exists, keeping it (defaults: $src/prometheus.yml)"
+    else
+        write_file "$MONITORING_DIR/prometheus.yml" 0644 <"$src/prometheus.yml"
+        say "installed $MONITORING_DIR/prometheus.yml"
+    fi
+    for f in "${MONITORING_KIT_FILES[@]}"; do
+        if [[ -f $MONITORING_DIR/$f ]] && cmp -s "$src/$f" "$MONITORING_DIR/$f"; then
+            say "$MONITORING_DIR/$f is up to date"
+            continue
+        fi
+        write_file "$MONITORING_DIR/$f" 0644 <"$src/$f"
+        say "installed $MONITORING_DIR/$f"
+        changed=1
+    done
+    umask "$saved_umask"
+    if ((changed)); then
+        say "changed: a Prometheus or Grafana using them needs: sudo systemctl reload prometheus; sudo systemctl restart grafana-server"
+    fi
+}
+
 install_unit() {
     local name=$1 dest=$UNIT_DIR/$1
     if [[ -f $dest ]] && cmp -s "$SCRIPT_DIR/$name" "$dest"; then
@@ -243,6 +292,7 @@ main() {
     install_package
     ensure_user
     install_config
+    install_monitoring
     install_units
     start_pollex
     step "done"

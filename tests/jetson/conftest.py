@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,17 +90,24 @@ if [[ $1 == --version ]]; then
     echo "cmake version ${STUB_CMAKE_VERSION:-3.10.2}"
     exit 0
 fi
-build="" arch=""
+# Every -DNAME=VALUE lands in the cache, as with the real cmake. A test makes the cache
+# disagree with STUB_CONFIGURED_ARCH, STUB_CACHE_<NAME>=VALUE, or STUB_CACHE_DROP=NAME.
+build="" cache=""
 while (($#)); do
     case $1 in
         -B) build=$2; shift ;;
-        -DCMAKE_CUDA_ARCHITECTURES=*) arch=${1#*=} ;;
+        -D*=*)
+            name=${1#-D} value=${1#*=}
+            name=${name%%=*}
+            [[ $name == CMAKE_CUDA_ARCHITECTURES ]] && value=${STUB_CONFIGURED_ARCH:-$value}
+            override=STUB_CACHE_$name
+            value=${!override:-$value}
+            [[ $name == "${STUB_CACHE_DROP:-}" ]] || cache+="$name:STRING=$value"$'\n' ;;
     esac
     shift
 done
 mkdir -p "$build"
-arch=${STUB_CONFIGURED_ARCH:-$arch}
-printf 'CMAKE_CUDA_ARCHITECTURES:STRING=%s\n' "$arch" >"$build/CMakeCache.txt"
+printf '%s' "$cache" >"$build/CMakeCache.txt"
 echo "-- Configuring done"
 """,
     "make": r"""
@@ -341,6 +349,7 @@ def install_sandbox(sandbox: Sandbox) -> Sandbox:
             "PYTHON_DIR": str(r / "opt" / "pollex-python"),
             "PREFIX": str(r / "opt" / "pollex"),
             "CONF_DIR": str(r / "etc" / "pollex"),
+            "MONITORING_DIR": str(r / "etc" / "pollex-monitoring"),
             "UNIT_DIR": str(r / "etc" / "systemd" / "system"),
             "HEALTH_WAIT_S": "1",
         }
@@ -349,6 +358,6 @@ def install_sandbox(sandbox: Sandbox) -> Sandbox:
 
 
 @pytest.fixture
-def hash_tree():
+def hash_tree() -> Callable[[Path], str]:
     """The tree_hash function (tests do not import conftest: import modes differ)."""
     return tree_hash

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .conftest import Sandbox
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "jetson" / "build-llamacpp.sh"
 FIXTURE = HERE / "fixtures" / "llama.cpp-b5050"
 MODEL = "qwen2.5-1.5b-instruct-q4_0.gguf"
+# The dialect and CPU flags of the published b5050 Nano build (kreier/llama.cpp-jetson).
+NANO_FLAGS = {
+    "CMAKE_CUDA_STANDARD": "14",
+    "CMAKE_CUDA_STANDARD_REQUIRED": "true",
+    "GGML_CPU_ARM_ARCH": "armv8-a",
+    "GGML_NATIVE": "off",
+}
 STEPS = (
     "build dependencies",
     "cmake >=",
@@ -42,7 +57,7 @@ def mutating(log: list[str]) -> list[str]:
     ]
 
 
-def paths(sb) -> dict[str, Path]:
+def paths(sb: Sandbox) -> dict[str, Path]:
     e = sb.env
     return {
         "build": Path(e["BUILD_DIR"]),
@@ -53,13 +68,13 @@ def paths(sb) -> dict[str, Path]:
     }
 
 
-def run_ok(sb, *args: str, **env: str):
+def run_ok(sb: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = sb.run(SCRIPT, *args, **env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
+def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = run_ok(sb, "--dry-run")
     out = result.stdout
@@ -79,6 +94,8 @@ def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
         "-DCMAKE_CXX_COMPILER=/usr/bin/g++-8",
         "-DCMAKE_BUILD_TYPE=Release",
         "[dry-run] check CMAKE_CUDA_ARCHITECTURES=53",
+        *(f"-D{name}={value}" for name, value in NANO_FLAGS.items()),
+        *(f"[dry-run] check {name}={value} in " for name, value in NANO_FLAGS.items()),
         "make -C",
         "-j4 llama-server",
         "[dry-run] curl -fL --retry 5 --retry-delay 10 -C - -o",
@@ -92,7 +109,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox) -> None:
     assert not (sb.root / "opt").exists()
 
 
-def test_first_run_does_everything_second_run_skips_everything(build_sandbox) -> None:
+def test_first_run_does_everything_second_run_skips_everything(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     p = paths(sb)
     first = run_ok(sb)
@@ -109,6 +126,7 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
         "-DCMAKE_CUDA_ARCHITECTURES=53",
         "-DCMAKE_CUDA_HOST_COMPILER=/usr/bin/g++-8",
         f"-DCMAKE_CUDA_FLAGS=-I{p['build']}/pollex-cuda10-shim",
+        *(f"-D{name}={value}" for name, value in NANO_FLAGS.items()),
         f"make -C {p['build']}/build -j4 llama-server",
         "-C - -o",
         "useradd --system --user-group",
@@ -124,10 +142,11 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
     assert "pollex-jetson" in (p["build"] / "ggml" / "CMakeLists.txt").read_text()
     unit = p["unit"].read_text()
     assert f"ExecStart={p['bin']} -m {p['model']} --port 8080" in unit
-    assert (
-        "CMAKE_CUDA_ARCHITECTURES:STRING=53"
-        in (p["build"] / "build" / "CMakeCache.txt").read_text()
-    )
+    cache = (p["build"] / "build" / "CMakeCache.txt").read_text().splitlines()
+    assert "CMAKE_CUDA_ARCHITECTURES:STRING=53" in cache
+    for name, value in NANO_FLAGS.items():
+        assert f"{name}:STRING={value}" in cache, name
+        assert f"    {name}={value}" in first.stdout, name  # checked, and said so
     assert "pollex-build.log" in first.stdout
 
     sb.clear_log()
@@ -138,7 +157,7 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox) ->
     assert "is up to date" in second.stdout and "llama-server is running" in second.stdout
 
 
-def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox) -> None:
+def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     run_ok(sb)
     sb.clear_log()
@@ -152,7 +171,7 @@ def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox) -> None:
     assert "patches" in result.stdout and "already applied" in result.stdout
 
 
-def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox) -> None:
+def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     build = paths(sb)["build"]
     shutil.copytree(FIXTURE, build)
@@ -163,7 +182,7 @@ def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox) -> None:
     assert not any(line.startswith("git clone") for line in sb.log())
 
 
-def test_tag_at_another_commit_is_refused(build_sandbox) -> None:
+def test_tag_at_another_commit_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_GIT_HEAD="0123456789abcdef0123456789abcdef01234567")
     assert result.returncode != 0
@@ -171,7 +190,7 @@ def test_tag_at_another_commit_is_refused(build_sandbox) -> None:
     assert not paths(sb)["bin"].exists()
 
 
-def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox) -> None:
+def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     paths(sb)["build"].mkdir(parents=True)
     result = sb.run(SCRIPT)
@@ -179,7 +198,7 @@ def test_build_dir_that_is_not_a_clone_is_refused(build_sandbox) -> None:
     assert "exists but is not a git clone" in result.stderr
 
 
-def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox) -> None:
+def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_CONFIGURED_ARCH="50;61;70;75;80")
     assert result.returncode != 0
@@ -188,7 +207,52 @@ def test_wrong_cuda_arch_in_the_cmake_cache_fails(build_sandbox) -> None:
     assert not any(line.startswith("make ") for line in sb.log())
 
 
-def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox) -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STUB_CACHE_CMAKE_CUDA_STANDARD": "17"}, "CMAKE_CUDA_STANDARD is '17'"),
+        ({"STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED": "OFF"}, "_STANDARD_REQUIRED is 'OFF'"),
+        ({"STUB_CACHE_GGML_CPU_ARM_ARCH": "armv8.2-a+dotprod"}, "GGML_CPU_ARM_ARCH is 'armv8.2-a"),
+        ({"STUB_CACHE_GGML_NATIVE": "ON"}, "GGML_NATIVE is 'ON'"),
+        ({"STUB_CACHE_DROP": "CMAKE_CUDA_STANDARD"}, "CMAKE_CUDA_STANDARD is ''"),
+        ({"STUB_CACHE_DROP": "GGML_NATIVE"}, "GGML_NATIVE is ''"),
+    ],
+    ids=["dialect-17", "not-required", "other-arm-arch", "native-on", "no-standard", "no-native"],
+)
+def test_a_cache_without_the_nano_flags_stops_before_make(
+    build_sandbox: Sandbox, env: dict[str, str], message: str
+) -> None:
+    sb = build_sandbox
+    result = sb.run(SCRIPT, **env)
+    assert result.returncode != 0
+    assert message in result.stderr and "CMakeCache.txt, expected" in result.stderr
+    assert "see NANO_CMAKE_FLAGS in " in result.stderr
+    assert not any(line.startswith("make ") for line in sb.log())
+
+
+def test_cmake_spellings_of_true_and_false_pass_the_check(build_sandbox: Sandbox) -> None:
+    result = run_ok(
+        build_sandbox, STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED="ON", STUB_CACHE_GGML_NATIVE="FALSE"
+    )
+    assert "    CMAKE_CUDA_STANDARD_REQUIRED=ON" in result.stdout
+    assert "    GGML_NATIVE=FALSE" in result.stdout
+
+
+def test_each_nano_flag_has_a_one_line_reason() -> None:
+    text = SCRIPT.read_text()
+    block = re.search(r"^NANO_CMAKE_FLAGS=\(\n(.*?)^\)$", text, re.M | re.S)
+    assert block is not None
+    lines = [line.strip() for line in block.group(1).splitlines()]
+    reasons, flags = lines[0::2], lines[1::2]
+    assert flags == [f"-D{name}={value}" for name, value in NANO_FLAGS.items()]
+    for reason in reasons:
+        assert reason.startswith("# ") and len(reason) > 30, reason
+    # passed to cmake and checked in the cache, in that function order
+    assert '"${NANO_CMAKE_FLAGS[@]}" \\' in text
+    assert text.index("check_configured\n}") < text.index("check_configured() {")
+
+
+def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = run_ok(sb, STUB_CMAKE_VERSION="3.22.1")
     assert "using cmake (3.22.1), skipping" in result.stdout
@@ -196,7 +260,7 @@ def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox) -> None:
     assert any(line.startswith("cmake -S") for line in sb.log())
 
 
-def test_interrupted_download_is_resumed(build_sandbox) -> None:
+def test_interrupted_download_is_resumed(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     model = paths(sb)["model"]
     model.parent.mkdir(parents=True)
@@ -208,7 +272,7 @@ def test_interrupted_download_is_resumed(build_sandbox) -> None:
     assert not Path(f"{model}.part").exists()
 
 
-def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox) -> None:
+def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SHA="0" * 64)
     assert result.returncode != 0
@@ -217,7 +281,7 @@ def test_checksum_mismatch_fails_and_drops_the_download(build_sandbox) -> None:
     assert not model.exists() and not Path(f"{model}.part").exists()
 
 
-def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox) -> None:
+def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SIZE="999999999")
     assert result.returncode != 0
@@ -225,21 +289,21 @@ def test_size_mismatch_keeps_the_partial_file_for_resuming(build_sandbox) -> Non
     assert Path(f"{paths(sb)['model']}.part").exists()
 
 
-def test_unreachable_headers_ask_for_pinned_values(build_sandbox) -> None:
+def test_unreachable_headers_ask_for_pinned_values(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     result = sb.run(SCRIPT, STUB_MODEL_SIZE="", STUB_MODEL_SHA="")
     assert result.returncode != 0
     assert "set MODEL_SIZE and MODEL_SHA256" in result.stderr
 
 
-def test_pinned_checksum_skips_the_header_lookup(build_sandbox) -> None:
+def test_pinned_checksum_skips_the_header_lookup(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     data = Path(sb.env["STUB_MODEL_SRC"]).read_bytes()
     run_ok(sb, MODEL_SHA256=hashlib.sha256(data).hexdigest(), MODEL_SIZE=str(len(data)))
     assert not any(line.startswith("curl -fsSIL") for line in sb.log())
 
 
-def test_model_file_is_a_one_line_change(build_sandbox) -> None:
+def test_model_file_is_a_one_line_change(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     run_ok(sb, MODEL_FILE="qwen2.5-1.5b-instruct-q4_k_m.gguf", MODEL_URL="")
     p = paths(sb)
@@ -253,7 +317,7 @@ def test_model_file_is_a_one_line_change(build_sandbox) -> None:
     )
 
 
-def test_missing_nvcc_stops_before_touching_anything(build_sandbox) -> None:
+def test_missing_nvcc_stops_before_touching_anything(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     shutil.rmtree(sb.root / "cuda")
     result = sb.run(SCRIPT)
@@ -262,7 +326,7 @@ def test_missing_nvcc_stops_before_touching_anything(build_sandbox) -> None:
     assert mutating(sb.log()) == []
 
 
-def test_non_root_is_refused(build_sandbox) -> None:
+def test_non_root_is_refused(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     fake_id = Path(sb.env["STUB_DIR"]) / "id"
     fake_id.write_text("#!/bin/bash\n[[ $1 == -u ]] && echo 1000 || echo user\n")
@@ -272,7 +336,7 @@ def test_non_root_is_refused(build_sandbox) -> None:
     assert sb.log() == []
 
 
-def test_help_and_bad_arguments(build_sandbox) -> None:
+def test_help_and_bad_arguments(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     assert "--patch-only DIR" in run_ok(sb, "--help").stdout
     bad = sb.run(SCRIPT, "--frobnicate")

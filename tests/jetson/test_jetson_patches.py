@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+HashTree = Callable[[Path], str]
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "jetson" / "build-llamacpp.sh"
@@ -33,7 +36,7 @@ def tree(tmp_path: Path) -> Path:
     return dest
 
 
-def test_applying_twice_equals_applying_once(tree: Path, hash_tree) -> None:
+def test_applying_twice_equals_applying_once(tree: Path, hash_tree: HashTree) -> None:
     original = hash_tree(tree)
     first = patch(tree)
     assert first.returncode == 0, first.stderr
@@ -141,7 +144,7 @@ def test_wmma_kernel_replaced_by_an_aborting_stub(tree: Path) -> None:
     assert "wmma::" not in text
 
 
-def test_a_half_patched_tree_is_completed(tree: Path, tmp_path: Path, hash_tree) -> None:
+def test_a_half_patched_tree_is_completed(tree: Path, tmp_path: Path, hash_tree: HashTree) -> None:
     assert patch(tree).returncode == 0
     full = hash_tree(tree)
     for rel in (f"{CUDA}/fattn-vec-f16.cuh", f"{CUDA}/fattn-wmma-f16.cu", "ggml/CMakeLists.txt"):
@@ -152,11 +155,11 @@ def test_a_half_patched_tree_is_completed(tree: Path, tmp_path: Path, hash_tree)
     assert hash_tree(tree) == full
 
 
-def _drop_line(needle: str):
+def _drop_line(needle: str) -> Callable[[str], str]:
     return lambda text: "".join(line for line in text.splitlines(True) if needle not in line)
 
 
-BREAKAGES = {
+BREAKAGES: dict[str, Callable[[str], str]] = {
     "ggml/CMakeLists.txt": _drop_line("add_subdirectory(src)"),
     f"{CUDA}/CMakeLists.txt": lambda t: t.replace(
         "NOT DEFINED CMAKE_CUDA_ARCHITECTURES", "GGML_NATIVE"

@@ -157,6 +157,7 @@ def test_llama_server_unit() -> None:
     ):
         assert args[args.index(flag) + 1] == value, flag
     assert "--mlock" in args
+    assert "--metrics" in args  # llama-server's Prometheus endpoint, for jetson/monitoring
     assert d["LimitMEMLOCK"] == ["infinity"]  # mlock without it kills the service at load
     assert d["Restart"] == ["on-failure"] and d["RestartSec"] == ["5"]
     assert d["User"] == ["llama"] and d["SupplementaryGroups"] == ["video"]
