@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -9,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from pollex.config import Config
 
 
 def words(text: str) -> list[str]:
@@ -21,18 +24,8 @@ SCRIPTS = [JETSON / name for name in ("build-llamacpp.sh", "deploy.sh", "install
 LIB = JETSON / "lib.sh"  # sourced by the three scripts, not run on its own
 LIB_FUNCTIONS = words("step say warn die quote run write_file file_sha256")
 
-# The keys pollex's config loader accepts (design.md §6); anything else is rejected there.
-CONFIG_KEYS = set(
-    words("""
-    host port llamacpp_url llamacpp_model ollama_url ollama_model claude_api_key claude_model
-    claude_url fallback prompt_path api_key api_key_file probe_interval_s probe_interval_down_s
-    probe_timeout_s connect_timeout_s first_token_timeout_s llamacpp_first_token_timeout_s
-    ollama_first_token_timeout_s claude_first_token_timeout_s idle_timeout_s request_timeout_s
-    stream_timeout_s keepalive_s max_body_bytes max_text_chars rate_limit_per_minute
-    max_output_tokens max_output_chars max_upstream_line_bytes shutdown_grace_s cors_origin
-    trust_proxy_headers log_format log_level
-    """)
-)
+# The keys pollex's config loader accepts; anything else is rejected there.
+CONFIG_KEYS = {field.name for field in dataclasses.fields(Config)}
 
 
 def test_the_three_scripts_and_their_lib_are_there() -> None:

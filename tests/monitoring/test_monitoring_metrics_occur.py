@@ -36,7 +36,7 @@ from monitoring_kit import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from pollex.app import create_app
+from pollex.web.app import create_app
 
 GPU = "qwen2.5:1.5b-gpu"  # jetson/config.yaml's model ids
 CPU = "qwen2.5:1.5b"
