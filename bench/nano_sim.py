@@ -189,7 +189,8 @@ async def main(runs: int, scale: float) -> None:
     for scenario in scenarios:
         if scenario == "bound off":
             saved = jobs.output_bound
-            jobs.output_bound = lambda chars, limit: limit  # pollex before issue 10
+            # pollex before issue 10: the setting alone bounds the output
+            jobs.output_bound = lambda chars, max_output_tokens: max_output_tokens
         results = await scenario_runs(scenario, runs, scale)
         if scenario == "bound off":
             jobs.output_bound = saved

@@ -7,18 +7,22 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
 from yarl import URL
+
+if TYPE_CHECKING:  # the types of pytest-aiohttp's fixtures (its 1.1 names them)
+    from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeAnthropic, FakeLlamaServer, FakeOllama, FakeUpstream
-from helpers import fast_config
+from helpers import Client, fast_config
 
 from pollex.adapters.http import make_session
 from pollex.web.app import create_app
@@ -72,11 +76,14 @@ class Running:
         self.server = await self.start_server(self.fake.app(), port=port)
 
 
+ServeFake = Callable[[FakeUpstream], Awaitable[Running]]
+
+
 @pytest.fixture
-def serve_fake(aiohttp_server: Any) -> Callable[[FakeUpstream], Awaitable[Running]]:
+def serve_fake(aiohttp_server: AiohttpServer) -> ServeFake:
     async def start(fake: FakeUpstream) -> Running:
-        async def start_server(app: Any, port: int | None = None) -> TestServer:
-            return await aiohttp_server(app, port=port, shutdown_timeout=0.2)  # type: ignore[no-any-return]
+        async def start_server(app: web.Application, port: int | None = None) -> TestServer:
+            return await aiohttp_server(app, port=port, shutdown_timeout=0.2)
 
         return Running(fake, await start_server(fake.app()), start_server)
 
@@ -84,26 +91,26 @@ def serve_fake(aiohttp_server: Any) -> Callable[[FakeUpstream], Awaitable[Runnin
 
 
 @pytest.fixture
-async def llama(serve_fake: Any) -> Running:
-    return await serve_fake(FakeLlamaServer())  # type: ignore[no-any-return]
+async def llama(serve_fake: ServeFake) -> Running:
+    return await serve_fake(FakeLlamaServer())
 
 
 @pytest.fixture
-async def ollama(serve_fake: Any) -> Running:
-    return await serve_fake(FakeOllama())  # type: ignore[no-any-return]
+async def ollama(serve_fake: ServeFake) -> Running:
+    return await serve_fake(FakeOllama())
 
 
 @pytest.fixture
-async def anthropic(serve_fake: Any) -> Running:
-    return await serve_fake(FakeAnthropic())  # type: ignore[no-any-return]
+async def anthropic(serve_fake: ServeFake) -> Running:
+    return await serve_fake(FakeAnthropic())
 
 
 @pytest.fixture
-def pollex(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+def pollex(aiohttp_client: AiohttpClient) -> Callable[..., Awaitable[Client]]:
     """Start pollex on a real loopback socket with the given settings."""
 
-    async def start(**overrides: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(  # type: ignore[no-any-return]
+    async def start(**overrides: Any) -> Client:
+        return await aiohttp_client(
             create_app(fast_config(**overrides)), server_kwargs={"shutdown_timeout": 0.2}
         )
 

@@ -455,7 +455,7 @@ async def test_streaming_is_tracked_per_stream(count: int) -> None:
     assert availability.state(adapter).streams == set()
 
 
-async def test_cancel_as_a_probe_finishes_ends_the_loop() -> None:
+async def test_cancel_as_a_probe_finishes_ends_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shutdown must not hang when its cancel lands just as a probe completes (the race
     in which asyncio.wait_for before Python 3.12 swallows the cancellation)."""
     adapter = FakeAdapter("gpu")
@@ -468,7 +468,7 @@ async def test_cancel_as_a_probe_finishes_ends_the_loop() -> None:
         loop.call_soon(task.cancel)  # due before the waiter learns the probe is done
         return await original()
 
-    adapter.probe = probe_then_shutdown  # type: ignore[method-assign]
+    monkeypatch.setattr(adapter, "probe", probe_then_shutdown)
     done, _ = await asyncio.wait({task}, timeout=0.2)
     if not done:
         task.cancel()

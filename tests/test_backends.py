@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,9 +65,9 @@ async def test_jetson_config_registers_llama_first_then_ollama() -> None:
     ],
 )
 def test_registration_and_chain(
-    settings: dict[str, object], registered: list[str], chain: list[str]
+    settings: dict[str, Any], registered: list[str], chain: list[str]
 ) -> None:
-    config = Config(**settings)  # type: ignore[arg-type]
+    config = Config(**settings)
 
     assert registered_providers(config) == registered
     assert chain_providers(config) == chain

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from helpers import free_port, notify_socket
 
 from pollex import __version__
 from pollex.cli import main
@@ -55,12 +56,6 @@ def run_pollex(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         timeout=STOP_TIMEOUT_S * 2,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- in-process ------------------------------------------------------------------------
@@ -318,11 +313,7 @@ def test_serve_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> N
 
 
 def test_serve_talks_to_systemd(tmp_path: Path) -> None:
-    path = str(tmp_path / "notify.sock")
-    assert len(path) < 100, "AF_UNIX paths are limited to 108 bytes"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(path)
-        sock.settimeout(0.2)
+    with notify_socket(tmp_path, 0.2) as (sock, path):
         with pollex_process(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000") as server:
             messages: list[str] = []
 

@@ -9,18 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import notify_socket
 
 from pollex.notify import notify, watchdog_interval
 
 
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    assert len(path) < 100, "AF_UNIX paths are limited to 108 bytes"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(path)
-        sock.settimeout(1.0)
-        yield sock, path
+    with notify_socket(tmp_path, 1.0) as bound:
+        yield bound
 
 
 @pytest.mark.parametrize("env", [{}, {"NOTIFY_SOCKET": ""}])

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import os
-import pty
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fakes import closed_port_url
-from helpers import collect_events
+from helpers import Terminal, collect_events, url_of
 
 from pollex.adapters.mock import tidy
 from pollex.client.polish import (
@@ -53,10 +52,6 @@ async def run_polish(
     out, err = await asyncio.wait_for(process.communicate(stdin), 20)
     assert process.returncode is not None
     return process.returncode, out, err
-
-
-def url_of(client: Any) -> str:
-    return str(client.make_url("")).rstrip("/")
 
 
 # --- success: the text and nothing else -------------------------------------------------
@@ -322,20 +317,15 @@ def test_text_output_writes_each_chunk_as_it_comes() -> None:
 
 async def test_progress_goes_to_a_terminal_stderr_only(pollex: Any) -> None:
     client = await pollex(mock=True)
-    leader, follower = pty.openpty()
-    try:
+    with Terminal() as terminal:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "pollex", "polish", "--url", url_of(client)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=follower,
+            stderr=terminal.fd,
         )
         out, _ = await asyncio.wait_for(process.communicate(TEXT.encode()), 20)
-        os.set_blocking(leader, False)
-        shown = os.read(leader, 65536)
-    finally:
-        os.close(leader)
-        os.close(follower)
+        shown = terminal.shown()
 
     assert (process.returncode, out) == (0, tidy(TEXT).encode())
     assert "pollex: waiting for a model…".encode() in shown

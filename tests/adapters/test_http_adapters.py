@@ -21,7 +21,17 @@ from aiohttp import web
 from aioresponses import aioresponses
 from captures import load, wire_chunks
 from fakes import WORDS, closed_port_url
-from helpers import CHAT, SYSTEM, TEXT, claude, collect, collect_error, llamacpp, ollama
+from helpers import (
+    CHAT,
+    SYSTEM,
+    TEXT,
+    cancel_after_first_chunk,
+    claude,
+    collect,
+    collect_error,
+    llamacpp,
+    ollama,
+)
 from structlog.testing import capture_logs
 
 from pollex.adapters import Adapter, Finish, ProbeResult, Usage
@@ -63,7 +73,7 @@ class Upstream:
     knob: str  # the fake's attribute that chooses its answer
     hang: Callable[[Any], None]  # makes the fake take a chat and never answer, not even headers
     first: bytes  # one stream item whose text is `chunks[0]`
-    long_line: bytes  # the start of a line that never ends
+    long_line: bytes  # the start of a line that never ends (over 300 bytes)
     mid_stream: MidStream  # the fake's in-band error (`mid_stream_error`)
     garbage: str  # the error of a 200 that is a proxy's HTML page
 
@@ -158,7 +168,7 @@ LLAMACPP = Upstream(
     knob="chat",
     hang=_hang_by("chat"),
     first=wire_chunks("chat-stream.wire.http")[0],
-    long_line=b"data: " + b"x" * 300,
+    long_line=b"data: " + b"x" * 600,
     mid_stream=MidStream(
         3, "llama-server reported an error", True, False, "llama_decode failed: out of memory"
     ),
@@ -183,7 +193,7 @@ OLLAMA = Upstream(
     knob="state",
     hang=_hang_by("state"),
     first=b'{"message": {"role": "assistant", "content": "I"}, "done": false}\n',
-    long_line=b'{"message": "' + b"x" * 300,
+    long_line=b'{"message": "' + b"x" * 600,
     mid_stream=MidStream(
         2,
         "ollama reported an error",
@@ -213,7 +223,7 @@ CLAUDE = Upstream(
     knob="state",
     hang=_record_then_hang,
     first=_claude_delta("I"),
-    long_line=b"data: " + b"x" * 300,
+    long_line=b"data: " + b"x" * 600,
     # Anthropic's error type is a name of its own, shown; its message is not.
     mid_stream=MidStream(2, "anthropic reported overloaded_error", True, True, "Overloaded"),
     garbage="anthropic stream ended before message_stop",
@@ -728,7 +738,8 @@ async def test_stream_line_too_long(
     mock.post(
         spec.url, body=spec.first + spec.long_line, headers={"Content-Type": spec.content_type}
     )
-    chunks, error = await collect_error(spec.adapter(session, BASE, max_line_bytes=200))
+    # The limit: above the first line (llama-server's is about 270 bytes), below the long one.
+    chunks, error = await collect_error(spec.adapter(session, BASE, max_line_bytes=400))
     assert chunks == [spec.chunks[0]]
     assert str(error) == "upstream line too long"
     assert (error.kind, error.marks_down) == ("protocol", False)
@@ -837,17 +848,7 @@ async def test_cancelling_the_consumer_closes_the_upstream(
         fake.fake.gate_after = spec.gate_after
     else:
         fake.fake.chunk_delay = 0.05
-    got_first = asyncio.Event()
-
-    async def consume() -> None:
-        async for _ in spec.adapter(session, fake.url).stream(CHAT, Finish()):
-            got_first.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_first.wait(), 2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_after_first_chunk(spec.adapter(session, fake.url).stream(CHAT, Finish()))
     if fake.fake.gate is not None:
         fake.fake.gate.set()  # the fake's next write now meets a closed connection
     await asyncio.wait_for(fake.fake.cancelled.wait(), 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import mock_adapter
+from helpers import cancel_after_first_chunk, collect, mock_adapter
 
 from pollex.adapters import ChatRequest, Finish, Message, ProbeResult, Usage
 from pollex.adapters.mock import MockAdapter, tidy
@@ -15,11 +15,6 @@ SYSTEM = "Fix grammar."
 
 def chat(text: str, max_tokens: int = 512) -> ChatRequest:
     return ChatRequest.polish(text, SYSTEM, max_tokens)
-
-
-async def collect(adapter: MockAdapter, request: ChatRequest) -> tuple[list[str], Finish]:
-    finish = Finish()
-    return [chunk async for chunk in adapter.stream(request, finish)], finish
 
 
 async def test_identity_and_probe() -> None:
@@ -98,16 +93,6 @@ async def test_delay_paces_the_stream_and_closing_stops_it() -> None:
 
 
 async def test_cancelling_a_slow_stream() -> None:
-    got_first = asyncio.Event()
     finish = Finish()
-
-    async def consume() -> None:
-        async for _ in mock_adapter(delay_s=0.05).stream(chat("a b c d e f"), finish):
-            got_first.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_first.wait(), 2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_after_first_chunk(mock_adapter(delay_s=0.05).stream(chat("a b c d e f"), finish))
     assert not finish.ended

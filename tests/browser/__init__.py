@@ -1,2 +1,2 @@
-"""A package, so this directory's conftest does not shadow tests/conftest.py, which
-other test modules import by name (`from conftest import ...`)."""
+"""A package, so that this folder's modules have names of their own: `browser.test_page`
+beside integration/test_page.py, `browser.conftest` beside tests/conftest.py."""

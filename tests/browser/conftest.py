@@ -14,20 +14,17 @@ stops running.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import PollexProcess, free_port
 
 CHROMIUM = os.environ.get("POLLEX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -78,50 +75,13 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-@dataclass
-class Pollex:
-    """A running `pollex serve --mock`, and the JSON lines it has logged so far."""
-
-    url: str
-    process: subprocess.Popen[str]
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    reader: threading.Thread = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.reader = threading.Thread(target=_read_lines, args=(self.process, self.lines))
-        self.reader.start()
-
-    def access_log(self, request_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The one `request` line of that request, once it is written."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if line.get("event") == "request" and line.get("request_id") == request_id:
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"no access-log line for request {request_id}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _read_lines(process: subprocess.Popen[str], into: list[dict[str, Any]]) -> None:
-    assert process.stdout is not None
-    for raw in process.stdout:
-        with contextlib.suppress(ValueError):
-            into.append(json.loads(raw))
-
-
 @pytest.fixture
-def serve_pollex() -> Iterator[Callable[..., Pollex]]:
+def serve_pollex() -> Iterator[Callable[..., PollexProcess]]:
     """Start `pollex serve --mock` with settings (as `POLLEX_*`); stopped after the test."""
-    started: list[Pollex] = []
+    started: list[PollexProcess] = []
 
-    def start(**settings: str) -> Pollex:
-        port = _free_port()
+    def start(**settings: str) -> PollexProcess:
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("POLLEX_")}
         env.update({"POLLEX_LOG_FORMAT": "json", "POLLEX_PORT": str(port)})
         env.update({f"POLLEX_{k.upper()}": v for k, v in settings.items()})
@@ -134,7 +94,7 @@ def serve_pollex() -> Iterator[Callable[..., Pollex]]:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        pollex = Pollex(f"http://127.0.0.1:{port}", process)
+        pollex = PollexProcess(f"http://127.0.0.1:{port}", process)
         started.append(pollex)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

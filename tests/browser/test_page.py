@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from helpers import PollexProcess
 
 if TYPE_CHECKING or importlib.util.find_spec("playwright") is not None:
     # Without Playwright the `browser` fixture skips these tests (fails them under CI).
     from playwright.sync_api import expect
 
-from browser.conftest import Pollex
 from pollex.adapters.mock import tidy
 
 TEXT = "i has went to the store yesterday , it were closed.\nwe goes home  after that and i was sad"
@@ -52,7 +52,7 @@ class Console:
             self.errors.append(f"HTTP {response.status}: {response.url}")
 
 
-def open_page(page: Any, pollex: Pollex) -> Console:
+def open_page(page: Any, pollex: PollexProcess) -> Console:
     console = Console(page)
     page.goto(pollex.url + "/")
     return console

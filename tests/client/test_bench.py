@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import pty
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fakes import closed_port_url
+from helpers import Terminal, url_of
 
 from pollex.adapters.mock import tidy
 from pollex.cli import build_parser
@@ -36,10 +36,6 @@ TIMES, DASH = report.TIMES, report.DASH
 OLLAMA = "qwen2.5:1.5b"  # FakeOllama: "I went to the store yesterday." at 7 / 1.75 s = 4 tokens/s
 # A few words each: the mock streams a word every 30 ms.
 TINY = [Sample("one", "i goes home", "test"), Sample("two", "we has  a meeting", "test")]
-
-
-def url_of(client: Any) -> str:
-    return str(client.make_url("")).rstrip("/")
 
 
 async def run_bench(url: str, models: list[str], **options: Any) -> tuple[int, str, str]:
@@ -670,17 +666,12 @@ async def test_command_bad_file_is_bad_input(tmp_path: Path) -> None:
 
 async def test_progress_goes_to_a_terminal_stderr_only(pollex: Any) -> None:
     client = await pollex(mock=True)
-    leader, follower = pty.openpty()
-    try:
+    with Terminal() as terminal:
         code, out, _ = await run_command(
             "--url", url_of(client), "--models", "mock", "--runs", "1", "--samples", "chat",
-            stderr=follower,
+            stderr=terminal.fd,
         )  # fmt: skip
-        os.set_blocking(leader, False)
-        shown = os.read(leader, 65536)
-    finally:
-        os.close(leader)
-        os.close(follower)
+        shown = terminal.shown()
 
     assert code == EXIT_OK
     assert "\x1b" not in out

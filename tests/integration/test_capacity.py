@@ -9,40 +9,20 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from helpers import Event, sse_events
+from helpers import CPU, GPU, Event, eventually, health_of, sample, sse_events
 
 from pollex.routing.jobs import output_bound
-from pollex.web.keys import AVAILABILITY, BACKENDS, METRICS
+from pollex.web.keys import AVAILABILITY, BACKENDS
 
-GPU = "qwen2.5:1.5b-gpu"
-CPU = "qwen2.5:1.5b"
 TEXT = "i has went to the store yesterday , it were closed"
 
 
 def words_of(text: str) -> list[str]:
     """The fakes' reply: the text in capitals, word by word, spaces kept."""
     return re.findall(r"\S+\s*", text.upper())
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-def sample(client: Any, name: str, **labels: str) -> float:
-    return client.app[METRICS].registry.get_sample_value(name, labels) or 0.0
-
-
-async def health(client: Any) -> dict[str, Any]:
-    resp = await client.get("/api/health")
-    body: dict[str, Any] = await resp.json()
-    return body
 
 
 async def stream(client: Any, **body: Any) -> list[Event]:
@@ -65,7 +45,7 @@ async def one_slot_llama(pollex: Any, llama: Any, **settings: Any) -> Any:
 
 
 async def queued_count(client: Any) -> int:
-    return int((await health(client))["adapters"][GPU]["queued"])
+    return int((await health_of(client))["adapters"][GPU]["queued"])
 
 
 async def test_three_queued_writers_see_their_positions(llama: Any, pollex: Any) -> None:
@@ -106,13 +86,9 @@ async def test_a_writer_who_leaves_the_queue_never_reaches_the_backend(
     first = asyncio.create_task(stream(client))
     await eventually(lambda: llama.fake.streams_started == 1)
     leaver = asyncio.create_task(stream(client))
+    upstream = llama.url.split("//")[1]
     await eventually(
-        lambda: (
-            client.app[METRICS].registry.get_sample_value(
-                "pollex_queued_requests", {"adapter": GPU, "upstream": llama.url.split("//")[1]}
-            )
-            == 1
-        )
+        lambda: sample(client, "pollex_queued_requests", adapter=GPU, upstream=upstream) == 1
     )
     leaver.cancel()
     for _ in range(300):
@@ -198,7 +174,7 @@ async def test_slots_learned_from_props_are_never_exceeded(llama: Any, pollex: A
     gate = gated(llama.fake)
     writers = [asyncio.create_task(stream(client)) for _ in range(3)]
     await eventually(lambda: llama.fake.streams_started == 2)
-    body = await health(client)
+    body = await health_of(client)
     assert body["adapters"][GPU]["slots"] == 2
     assert body["adapters"][GPU]["busy_slots"] == 2
     assert body["adapters"][GPU]["queued"] == 1
@@ -220,7 +196,7 @@ async def test_two_hosts_each_serve_one_writer(serve_fake: Any, pollex: Any) -> 
     gates = [gated(n.fake) for n in nanos]
     writers = [asyncio.create_task(stream(client)) for _ in range(2)]
     await eventually(lambda: all(n.fake.streams_started == 1 for n in nanos))
-    body = await health(client)
+    body = await health_of(client)
     hosts = body["adapters"][GPU]["hosts"]
     assert set(hosts) == {n.url.split("//")[1] for n in nanos}
     assert all(h["busy_slots"] == 1 and h["slots"] == 1 for h in hosts.values())
@@ -249,7 +225,7 @@ async def test_a_frozen_host_is_skipped_and_health_is_degraded(
     frozen.fake.freeze()
     frozen_host = frozen.url.split("//")[1]
     for _ in range(300):
-        body = await health(client)
+        body = await health_of(client)
         if not body["adapters"][GPU]["hosts"][frozen_host]["available"]:
             break
         await asyncio.sleep(0.01)

@@ -6,29 +6,20 @@ string; an SSE client of `/api/polish` must get a real HTTP error when nothing c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 from fakes import closed_port_url
+from helpers import GPU, sdk
 from openai.types.chat import ChatCompletionMessageParam
 
 from pollex.adapters.mock import tidy
 
-GPU = "qwen2.5:1.5b-gpu"
 USER: ChatCompletionMessageParam = {"role": "user", "content": "i goes to store yesterday"}
 FRENCH: ChatCompletionMessageParam = {"role": "developer", "content": "Answer in French."}
 TERSE: ChatCompletionMessageParam = {"role": "developer", "content": "Be terse."}
-
-
-@asynccontextmanager
-async def sdk(client: Any, api_key: str = "unused") -> AsyncIterator[openai.AsyncOpenAI]:
-    base_url = str(client.make_url("/v1"))
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as api:
-        yield api
 
 
 # --- role: "developer" ----------------------------------------------------------------------

@@ -18,79 +18,15 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from fakes import closed_port_url
-from helpers import fast_config
+from helpers import RawClient, Reply, free_port, read_until_closed, start_serving
 from structlog.testing import capture_logs
-
-from pollex.server import serve
 
 KEY = "k-7f3a9-very-secret"
 HEALTH = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n"
-
-
-@dataclass
-class Reply:
-    """What a raw client saw: the bytes, how the connection ended, and when."""
-
-    data: bytes
-    ended: str  # "eof", "reset" or "open" (still open when the client gave up)
-    after_s: float
-
-    @property
-    def status(self) -> int:
-        return int(self.data.split(b" ", 2)[1])
-
-    @property
-    def headers(self) -> dict[str, str]:
-        head = self.data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-        lines = head.split("\r\n")[1:]
-        return {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
-
-    @property
-    def body(self) -> bytes:
-        return self.data.split(b"\r\n\r\n", 1)[1]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Pollex:
-    host: str
-    port: int
-
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def send(self, data: bytes, *, give_up_s: float = 3.0) -> Reply:
-        """Send `data` at once, then read until the server closes (or `give_up_s`)."""
-        reader, writer = await self.connect()
-        writer.write(data)
-        try:
-            return await read_until_closed(reader, give_up_s)
-        finally:
-            writer.close()
-
-
-async def read_until_closed(reader: asyncio.StreamReader, give_up_s: float) -> Reply:
-    started = time.monotonic()
-    deadline = started + give_up_s
-    data = b""
-    try:
-        while chunk := await asyncio.wait_for(reader.read(65536), deadline - time.monotonic()):
-            data += chunk
-        ended = "eof"
-    except ConnectionError:  # reset, or a broken pipe the writing side saw first
-        ended = "reset"
-    except asyncio.TimeoutError:
-        ended = "open"
-    return Reply(data, ended, time.monotonic() - started)
 
 
 async def read_response(reader: asyncio.StreamReader) -> Reply:
@@ -102,23 +38,13 @@ async def read_response(reader: asyncio.StreamReader) -> Reply:
 
 
 @contextlib.asynccontextmanager
-async def serving(**settings: Any) -> AsyncIterator[Pollex]:
-    url = closed_port_url()
-    port = int(url.rsplit(":", 1)[1])
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(fast_config(mock=True, port=port, **settings), stop))
+async def serving(**settings: Any) -> AsyncIterator[RawClient]:
+    running = await start_serving(mock=True, **settings)
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{url}/health"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.01)
-        yield Pollex("127.0.0.1", port)
+        yield RawClient("127.0.0.1", running.port)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+        running.stop.set()
+        await asyncio.wait_for(running.task, 5)
 
 
 # --- deadlines (issue 9, item 3) --------------------------------------------------------
@@ -376,12 +302,6 @@ def test_accept_failures_are_logged_once_a_second_with_a_count(tmp_path: Path) -
     assert len(failures) == 1, output[-2000:]
     assert failures[0]["count"] >= 1
     assert failures[0]["error"] == "Too many open files"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

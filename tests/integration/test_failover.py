@@ -4,43 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fakes import closed_port_url
-from helpers import collect_events, routable
-
-GPU = "qwen2.5:1.5b-gpu"
-CPU = "qwen2.5:1.5b"
-OLLAMA_TEXT = "I went to the store yesterday."
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-async def health_of(client: Any) -> dict[str, Any]:
-    resp = await client.get("/api/health")
-    body: dict[str, Any] = await resp.json()
-    return body
-
-
-async def polish(client: Any, **body: Any) -> tuple[int, dict[str, Any]]:
-    resp = await client.post("/api/polish", json={"text": "i go store", **body})
-    return resp.status, await resp.json()
-
-
-def failovers(client: Any, source: str, target: str) -> float:
-    from pollex.web.keys import METRICS
-
-    value = client.app[METRICS].registry.get_sample_value(
-        "pollex_failovers_total", {"from_adapter": source, "to_adapter": target}
-    )
-    return value or 0.0
+from helpers import (
+    CPU,
+    GPU,
+    OLLAMA_TEXT,
+    collect_events,
+    eventually,
+    failovers,
+    health_of,
+    polish,
+    routable,
+)
 
 
 async def test_port_closed_fails_over_to_ollama(ollama: Any, pollex: Any) -> None:

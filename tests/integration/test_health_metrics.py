@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 from fakes import closed_port_url
-from prometheus_client.parser import text_string_to_metric_families
-from test_failover import CPU, GPU, eventually, polish
+from helpers import CPU, GPU, eventually, metric_values, polish
 
 from pollex.web.keys import CONFIG
 
@@ -17,12 +16,7 @@ async def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
-    text = await resp.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return metric_values(await resp.text())
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from captures import load
-from helpers import collect_events, routable
-from test_failover import CPU, GPU
+from helpers import CPU, GPU, collect_events, routable
 
 ROLE = load("chat-stream.http").events()[0]
 FINISH = load("chat-stream.http").events()[-2]

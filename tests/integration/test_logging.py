@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import structlog
+from helpers import eventually
 from structlog.testing import capture_logs
-from test_failover import eventually
 
 from pollex.log import configure_logging
 

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 from fakes import closed_port_url
+from helpers import CPU, GPU, OLLAMA_TEXT, failovers, sdk, stream_until
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMessageParam
 
 from pollex.adapters.mock import tidy
 from pollex.web.app import load_prompt
 from pollex.web.keys import IN_FLIGHT, METRICS
 
-GPU = "qwen2.5:1.5b-gpu"
-CPU = "qwen2.5:1.5b"
-OLLAMA_TEXT = "I went to the store yesterday."
 CAPTURED_TEXT = "i goes to store yesterday"  # the captured llama-server stream
-USER = {"role": "user", "content": "i goes to store yesterday"}
-
-
-@asynccontextmanager
-async def sdk(client: Any, api_key: str = "unused") -> AsyncIterator[openai.AsyncOpenAI]:
-    base_url = str(client.make_url("/v1"))
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as api:
-        yield api
+USER_TEXT = "i goes to store yesterday"
+USER: ChatCompletionUserMessageParam = {"role": "user", "content": USER_TEXT}
 
 
 async def primary_down(pollex: Any, ollama: Any, **overrides: Any) -> Any:
@@ -70,15 +61,12 @@ async def test_sdk_stream_polishes_via_fallback(pollex: Any, ollama: Any) -> Non
         {"role": "system", "content": load_prompt("")},
         USER,
     ]
-    failovers = client.app[METRICS].registry.get_sample_value(
-        "pollex_failovers_total", {"from_adapter": GPU, "to_adapter": CPU}
-    )
-    assert failovers == 1
+    assert failovers(client, GPU, CPU) == 1
 
 
 async def test_sdk_non_stream_chat_passthrough(pollex: Any, ollama: Any) -> None:
     client = await primary_down(pollex, ollama)
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": "Where did you go?"},
         {"role": "assistant", "content": "Home."},
@@ -86,7 +74,7 @@ async def test_sdk_non_stream_chat_passthrough(pollex: Any, ollama: Any) -> None
     ]
 
     async with sdk(client) as api:
-        completion = await api.chat.completions.create(model="pollex:chat", messages=messages)  # type: ignore[arg-type]
+        completion = await api.chat.completions.create(model="pollex:chat", messages=messages)
 
     assert completion.object == "chat.completion"
     assert completion.model == CPU
@@ -120,7 +108,7 @@ async def test_sdk_wrong_api_key_is_authentication_error(pollex: Any) -> None:
 
     async with sdk(client, api_key="k") as api:  # sent as `Authorization: Bearer k`
         completion = await api.chat.completions.create(model="pollex", messages=[USER])
-    assert completion.choices[0].message.content == tidy(USER["content"])
+    assert completion.choices[0].message.content == tidy(USER_TEXT)
 
 
 async def test_sdk_unknown_model_is_not_found(pollex: Any) -> None:
@@ -253,7 +241,7 @@ async def test_stream_wire_format(pollex: Any) -> None:
     assert deltas[0] == {"role": "assistant", "content": ""}
     assert deltas[-1] == {}
     assert all(list(d) == ["content"] for d in deltas[1:-1])
-    assert "".join(d["content"] for d in deltas[1:-1]) == tidy(USER["content"])
+    assert "".join(d["content"] for d in deltas[1:-1]) == tidy(USER_TEXT)
     assert reasons == [None] * (len(chunks) - 1) + ["stop"]
 
 
@@ -292,7 +280,7 @@ async def test_non_stream_wire_format(pollex: Any) -> None:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": tidy(USER["content"])},
+                "message": {"role": "assistant", "content": tidy(USER_TEXT)},
                 "finish_reason": "stop",
             }
         ],
@@ -357,12 +345,9 @@ async def test_client_leaving_cancels_the_upstream(pollex: Any, llama: Any) -> N
     client = await pollex(llamacpp_url=llama.url)
     body = {"model": "pollex", "stream": True, "messages": [USER]}
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(client.make_url("/v1/chat/completions"), json=body) as resp,
-    ):
-        while b'"content":"' not in await resp.content.readany():
-            pass
+    async with aiohttp.ClientSession() as session:
+        url = client.make_url("/v1/chat/completions")
+        resp, _ = await stream_until(session, url, body, b'"content":"')
         resp.close()  # the reader goes away mid-answer
 
     await asyncio.wait_for(llama.fake.cancelled.wait(), 2)

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import collect_events, sse_events
+from helpers import collect_events, sse_events, stream_until
 
 from pollex.web.app import load_prompt
 
@@ -169,12 +169,9 @@ async def test_sse_client_leaving_cancels_the_upstream(llama: Any, pollex: Any) 
     llama.fake.chunk_delay = 0.2
     client = await pollex(llamacpp_url=llama.url)
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(client.make_url("/api/polish"), json={"text": "x", "stream": True}) as resp,
-    ):
-        while b"event: delta" not in await resp.content.readany():
-            pass
+    async with aiohttp.ClientSession() as session:
+        url = client.make_url("/api/polish")
+        resp, _ = await stream_until(session, url, {"text": "x", "stream": True}, b"event: delta")
         resp.close()  # the reader goes away mid-answer
 
     await asyncio.wait_for(llama.fake.cancelled.wait(), 2)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from helpers import collect_events
 
+from pollex import edits as edits_module
 from pollex.adapters.mock import tidy
 from pollex.edits import Edit, apply_edits, edits
-from pollex.web import wires
 
 # The mock tidies spacing, capitals and the final stop; the input's edges are stripped.
 TEXT = "  i goes  to the store , and i buy milk\n"
@@ -83,7 +83,7 @@ async def test_edits_are_computed_once_per_answer_not_per_token(
         calls.append((old, new))
         return edits(old, new)
 
-    monkeypatch.setattr(wires, "edits", counting)
+    monkeypatch.setattr(edits_module, "edits", counting)
     client = await pollex(mock=True)
     url = str(client.make_url("/api/polish"))
 

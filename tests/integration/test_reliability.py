@@ -12,28 +12,20 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from fakes import closed_port_url, llama_chunks
-from helpers import collect_events
+from helpers import GPU, RawClient, collect_events, eventually
 from structlog.testing import capture_logs
 
+from pollex.adapters import ChatRequest, Finish
 from pollex.adapters.mock import MockAdapter
 from pollex.web.keys import BACKENDS, METRICS
 
-GPU = "qwen2.5:1.5b-gpu"
-CPU = "qwen2.5:1.5b"
 TEXT = "i has went to the store"
 SECRET = "the confidential merger with ACME closes on friday"
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def sse(obj: Any, event: str | None = None) -> bytes:
@@ -103,18 +95,16 @@ async def primary(provider: str, pollex: Any, serve_fake: Any, fallback: Any) ->
     return up, client
 
 
-async def raw_exchange(client: Any, body: dict[str, Any]) -> bytes:
-    """Everything the server sends for one request on its own connection."""
+async def raw_exchange(client: Any, path: str, body: dict[str, Any]) -> bytes:
+    """Everything the server sends for one POST on its own connection, which it closes."""
     payload = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(
-        b"POST /api/polish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        b"Connection: close\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
-    writer.write(payload)
-    data = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    return data
+    reply = await RawClient("127.0.0.1", client.port).send(head.encode() + payload, give_up_s=10)
+    assert reply.ended == "eof", reply
+    return reply.data
 
 
 def responses_in(raw: bytes) -> int:
@@ -131,7 +121,7 @@ async def test_a_wrong_shape_mid_answer_ends_the_stream_with_one_error_event(
     up, client = await primary(provider, pollex, serve_fake, ollama)
     hostile = HOSTILE[provider]
     up.fake.raw_chunks = [*hostile["good"], hostile["wrong"], *hostile["end"]]
-    raw = await raw_exchange(client, {"text": TEXT, "stream": True})
+    raw = await raw_exchange(client, "/api/polish", {"text": TEXT, "stream": True})
     assert responses_in(raw) == 1
     assert raw.startswith(b"HTTP/1.1 200")
     assert b"event: error" in raw and b"does not understand" in raw
@@ -161,7 +151,7 @@ async def test_a_lone_surrogate_becomes_the_replacement_character(
     up, client = await primary(provider, pollex, serve_fake, ollama)
     hostile = HOSTILE[provider]
     up.fake.raw_chunks = [*hostile["good"], hostile["surrogate"], *hostile["end"]]
-    raw = await raw_exchange(client, {"text": TEXT, "stream": stream})
+    raw = await raw_exchange(client, "/api/polish", {"text": TEXT, "stream": stream})
     assert responses_in(raw) == 1
     assert raw.startswith(b"HTTP/1.1 200")
     assert "have \ufffdgone".encode() in raw or b"have \\ufffdgone" in raw
@@ -170,7 +160,7 @@ async def test_a_lone_surrogate_becomes_the_replacement_character(
 
 async def test_the_mock_with_a_surrogate_in_the_text(pollex: Any) -> None:
     client = await pollex(mock=True)
-    raw = await raw_exchange(client, {"text": "caf\udce9 is open", "stream": True})
+    raw = await raw_exchange(client, "/api/polish", {"text": "caf\udce9 is open", "stream": True})
     assert responses_in(raw) == 1
     assert "Caf\ufffd".encode() in raw
     assert b"event: done" in raw
@@ -179,38 +169,26 @@ async def test_the_mock_with_a_surrogate_in_the_text(pollex: Any) -> None:
 async def test_an_unexpected_exception_after_the_headers_is_an_error_event(
     pollex: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: MockAdapter, chat: Any, finish: Any) -> Any:
+    async def broken(
+        self: MockAdapter, chat: ChatRequest, finish: Finish
+    ) -> AsyncGenerator[str, None]:
         yield "I "
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(MockAdapter, "stream", broken)
     client = await pollex(mock=True)
     with capture_logs() as logs:
-        raw = await raw_exchange(client, {"text": TEXT, "stream": True})
+        raw = await raw_exchange(client, "/api/polish", {"text": TEXT, "stream": True})
         await eventually(lambda: any(e["event"] == "request" for e in logs))
     assert responses_in(raw) == 1
     assert b"event: error" in raw and b"internal error" in raw
     assert b"event: delta" in raw
     [bug] = [e for e in logs if e["event"] == "unhandled_error"]
     assert bug["exc_info"] is True
-    raw_openai = await raw_exchange_v1(client)
+    chat = {"messages": [{"role": "user", "content": TEXT}], "stream": True}
+    raw_openai = await raw_exchange(client, "/v1/chat/completions", chat)
     assert responses_in(raw_openai) == 1
     assert b'"internal error"' in raw_openai
-
-
-async def raw_exchange_v1(client: Any) -> bytes:
-    body = json.dumps({"messages": [{"role": "user", "content": TEXT}], "stream": True}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-        b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body
-    )
-    data = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    return data
 
 
 # --- item 2: a primary that freezes while streams are in flight -------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_failover import eventually
+from helpers import eventually
 
 from pollex.web.keys import METRICS
 

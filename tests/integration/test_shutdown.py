@@ -7,40 +7,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fakes import closed_port_url
-from helpers import fast_config
+from helpers import start_serving, stream_until
 
-from pollex.server import serve
-
-
-async def _start(**settings: Any) -> tuple[asyncio.Event, asyncio.Task[None], str]:
-    url = closed_port_url()
-    port = int(url.rsplit(":", 1)[1])
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(fast_config(port=port, **settings), stop))
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{url}/health"):
-                    return stop, task, url
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.01)
-    raise AssertionError("pollex did not start")
-
-
-async def _stream_until_first_delta(session: aiohttp.ClientSession, url: str) -> Any:
-    resp = await session.post(f"{url}/api/polish", json={"text": "x", "stream": True})
-    received = b""
-    while b"event: delta" not in received:
-        received += await resp.content.readany()
-    return resp, received
+STREAM = {"text": "x", "stream": True}
 
 
 async def test_running_stream_finishes_within_grace(llama: Any) -> None:
     llama.fake.gate = asyncio.Event()
-    stop, server, url = await _start(llamacpp_url=llama.url, shutdown_grace_s=5)
+    stop, server, url = await start_serving(llamacpp_url=llama.url, shutdown_grace_s=5)
     async with aiohttp.ClientSession() as session:
-        resp, received = await _stream_until_first_delta(session, url)
+        resp, received = await stream_until(session, f"{url}/api/polish", STREAM, b"event: delta")
 
         stop.set()
         await asyncio.sleep(0.05)
@@ -57,9 +33,11 @@ async def test_running_stream_finishes_within_grace(llama: Any) -> None:
 async def test_stream_over_grace_ends_with_shutting_down(llama: Any) -> None:
     llama.fake.gate = asyncio.Event()
     # Two slots: the JSON request is in flight upstream too (not waiting in pollex's queue).
-    stop, server, url = await _start(llamacpp_url=llama.url, llamacpp_slots=2, shutdown_grace_s=0.2)
+    stop, server, url = await start_serving(
+        llamacpp_url=llama.url, llamacpp_slots=2, shutdown_grace_s=0.2
+    )
     async with aiohttp.ClientSession() as session:
-        resp, received = await _stream_until_first_delta(session, url)
+        resp, received = await stream_until(session, f"{url}/api/polish", STREAM, b"event: delta")
         json_request = asyncio.create_task(session.post(f"{url}/api/polish", json={"text": "y"}))
         for _ in range(100):
             if llama.fake.streams_started == 2:

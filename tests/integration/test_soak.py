@@ -25,15 +25,13 @@ from typing import Any
 import httpx
 import httpx_sse
 import pytest
-from helpers import routable
+from helpers import CPU, GPU, routable
 
 pytestmark = pytest.mark.soak
 
 CLIENTS = int(os.environ.get("POLLEX_SOAK_CLIENTS", "8"))
 ROUNDS = int(os.environ.get("POLLEX_SOAK_ROUNDS", "3"))
 KILLS = int(os.environ.get("POLLEX_SOAK_KILLS", "3"))
-GPU = "qwen2.5:1.5b-gpu"
-CPU = "qwen2.5:1.5b"
 CHUNK_DELAY_S = 0.01  # a stream takes 0.06-0.1 s
 UP_S = 0.25  # how long llama-server serves between kills
 DOWN_S = 0.1  # and how long it stays dead

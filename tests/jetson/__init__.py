@@ -1,2 +1,2 @@
-"""A package, so this directory's conftest does not shadow tests/conftest.py, which
-other test modules import by name (`from conftest import ...`)."""
+"""A package, so that this folder's modules have names of their own (`jetson.conftest`
+beside tests/conftest.py) and its tests can name the Sandbox type as `.conftest.Sandbox`."""

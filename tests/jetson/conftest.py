@@ -15,17 +15,11 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-
-def words(text: str) -> list[str]:
-    """The whitespace-separated words of text (long lists stay compact)."""
-    return text.split()
-
+from helpers import words
 
 REPO = Path(__file__).resolve().parents[2]
 JETSON = REPO / "jetson"
@@ -216,17 +210,6 @@ def _write_exec(path: Path, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def tree_hash(root: Path) -> str:
-    """Hash of every file's relative path, mode and content under root."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + b"\0")
-            h.update(oct(p.stat().st_mode & 0o777).encode() + b"\0")
-            h.update(p.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 @dataclass
 class Sandbox:
     root: Path
@@ -255,6 +238,14 @@ class Sandbox:
             stdin=subprocess.DEVNULL,
             cwd=self.root,
         )
+
+    def run_ok(
+        self, script: str | Path, *args: str, **extra_env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`run`, which must exit 0 (its output is the failure's message)."""
+        result = self.run(script, *args, **extra_env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -355,9 +346,3 @@ def install_sandbox(sandbox: Sandbox) -> Sandbox:
         }
     )
     return sandbox
-
-
-@pytest.fixture
-def hash_tree() -> Callable[[Path], str]:
-    """The tree_hash function (tests do not import conftest: import modes differ)."""
-    return tree_hash

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,15 +67,9 @@ def paths(sb: Sandbox) -> dict[str, Path]:
     }
 
 
-def run_ok(sb: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    result = sb.run(SCRIPT, *args, **env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
-    result = run_ok(sb, "--dry-run")
+    result = sb.run_ok(SCRIPT, "--dry-run")
     out = result.stdout
     for step in STEPS:
         assert f"==> {step}" in out
@@ -112,7 +105,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(build_sandbox: Sandbox) -
 def test_first_run_does_everything_second_run_skips_everything(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     p = paths(sb)
-    first = run_ok(sb)
+    first = sb.run_ok(SCRIPT)
     for step in STEPS:
         assert f"==> {step}" in first.stdout
     log = "\n".join(sb.log())
@@ -150,7 +143,7 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox: Sa
     assert "pollex-build.log" in first.stdout
 
     sb.clear_log()
-    second = run_ok(sb)
+    second = sb.run_ok(SCRIPT)
     assert mutating(sb.log()) == []
     assert "is installed, skipping the build (--force rebuilds)" in second.stdout
     assert "present and verified" in second.stdout
@@ -159,9 +152,9 @@ def test_first_run_does_everything_second_run_skips_everything(build_sandbox: Sa
 
 def test_force_rebuilds_but_reuses_deps_cmake_and_clone(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
-    run_ok(sb)
+    sb.run_ok(SCRIPT)
     sb.clear_log()
-    result = run_ok(sb, "--force")
+    result = sb.run_ok(SCRIPT, "--force")
     log = "\n".join(sb.log())
     assert "venv-cmake -S" in log and "make -C" in log
     assert "systemctl restart llama-server" in log
@@ -177,7 +170,7 @@ def test_existing_clone_at_the_pinned_commit_is_reused(build_sandbox: Sandbox) -
     shutil.copytree(FIXTURE, build)
     (build / ".git").mkdir()
     (build / ".git" / "STUB_HEAD").write_text(sb.env["STUB_GIT_HEAD"] + "\n")
-    result = run_ok(sb)
+    result = sb.run_ok(SCRIPT)
     assert "reusing it" in result.stdout
     assert not any(line.startswith("git clone") for line in sb.log())
 
@@ -231,8 +224,8 @@ def test_a_cache_without_the_nano_flags_stops_before_make(
 
 
 def test_cmake_spellings_of_true_and_false_pass_the_check(build_sandbox: Sandbox) -> None:
-    result = run_ok(
-        build_sandbox, STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED="ON", STUB_CACHE_GGML_NATIVE="FALSE"
+    result = build_sandbox.run_ok(
+        SCRIPT, STUB_CACHE_CMAKE_CUDA_STANDARD_REQUIRED="ON", STUB_CACHE_GGML_NATIVE="FALSE"
     )
     assert "    CMAKE_CUDA_STANDARD_REQUIRED=ON" in result.stdout
     assert "    GGML_NATIVE=FALSE" in result.stdout
@@ -254,7 +247,7 @@ def test_each_nano_flag_has_a_one_line_reason() -> None:
 
 def test_recent_distro_cmake_is_used_without_a_venv(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
-    result = run_ok(sb, STUB_CMAKE_VERSION="3.22.1")
+    result = sb.run_ok(SCRIPT, STUB_CMAKE_VERSION="3.22.1")
     assert "using cmake (3.22.1), skipping" in result.stdout
     assert not any(line.startswith(("python3", "pip ", "venv-")) for line in sb.log())
     assert any(line.startswith("cmake -S") for line in sb.log())
@@ -266,7 +259,7 @@ def test_interrupted_download_is_resumed(build_sandbox: Sandbox) -> None:
     model.parent.mkdir(parents=True)
     src = Path(sb.env["STUB_MODEL_SRC"]).read_bytes()
     Path(f"{model}.part").write_bytes(src[:1000])
-    result = run_ok(sb)
+    result = sb.run_ok(SCRIPT)
     assert f"resuming {model}.part" in result.stdout
     assert model.read_bytes() == src
     assert not Path(f"{model}.part").exists()
@@ -299,13 +292,13 @@ def test_unreachable_headers_ask_for_pinned_values(build_sandbox: Sandbox) -> No
 def test_pinned_checksum_skips_the_header_lookup(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
     data = Path(sb.env["STUB_MODEL_SRC"]).read_bytes()
-    run_ok(sb, MODEL_SHA256=hashlib.sha256(data).hexdigest(), MODEL_SIZE=str(len(data)))
+    sb.run_ok(SCRIPT, MODEL_SHA256=hashlib.sha256(data).hexdigest(), MODEL_SIZE=str(len(data)))
     assert not any(line.startswith("curl -fsSIL") for line in sb.log())
 
 
 def test_model_file_is_a_one_line_change(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
-    run_ok(sb, MODEL_FILE="qwen2.5-1.5b-instruct-q4_k_m.gguf", MODEL_URL="")
+    sb.run_ok(SCRIPT, MODEL_FILE="qwen2.5-1.5b-instruct-q4_k_m.gguf", MODEL_URL="")
     p = paths(sb)
     q4km = p["model"].with_name("qwen2.5-1.5b-instruct-q4_k_m.gguf")
     assert q4km.exists()
@@ -338,7 +331,7 @@ def test_non_root_is_refused(build_sandbox: Sandbox) -> None:
 
 def test_help_and_bad_arguments(build_sandbox: Sandbox) -> None:
     sb = build_sandbox
-    assert "--patch-only DIR" in run_ok(sb, "--help").stdout
+    assert "--patch-only DIR" in sb.run_ok(SCRIPT, "--help").stdout
     bad = sb.run(SCRIPT, "--frobnicate")
     assert bad.returncode != 0 and "unknown argument: --frobnicate" in bad.stderr
     missing = sb.run(SCRIPT, "--patch-only")

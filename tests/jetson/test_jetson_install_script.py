@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shutil
 import stat
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from helpers import tree_hash
+
 if TYPE_CHECKING:
     from .conftest import Sandbox
-
-HashTree = Callable[[Path], str]
 
 HERE = Path(__file__).resolve().parent
 JETSON = HERE.parents[1] / "jetson"
@@ -57,23 +55,13 @@ def package(sb: Sandbox) -> Path:
     return sb.root / "dist" / "pollex-1.0.0-py3-none-any.whl"
 
 
-def run_ok(
-    sb: Sandbox, *args: str, script: Path = SCRIPT, **env: str
-) -> subprocess.CompletedProcess[str]:
-    result = sb.run(script, *args, **env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_first_run_installs_second_run_changes_nothing(
-    install_sandbox: Sandbox, hash_tree: HashTree
-) -> None:
+def test_first_run_installs_second_run_changes_nothing(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
-    first = run_ok(sb, str(package(sb)))
+    first = sb.run_ok(SCRIPT, str(package(sb)))
     for step in STEPS:
         assert f"==> {step}" in first.stdout, step
     log = "\n".join(sb.log())
@@ -111,17 +99,17 @@ def test_first_run_installs_second_run_changes_nothing(
     )
     assert "changed: a Prometheus or Grafana using them needs" in first.stdout
 
-    opt_before = hash_tree(sb.root / "opt")
-    etc_before = hash_tree(sb.root / "etc")
+    opt_before = tree_hash(sb.root / "opt")
+    etc_before = tree_hash(sb.root / "etc")
     sb.clear_log()
-    second = run_ok(sb, str(package(sb)))
+    second = sb.run_ok(SCRIPT, str(package(sb)))
     assert [line for line in mutating(sb.log()) if not line.startswith("chown ")] == []
     assert "this package is installed, skipping" in second.stdout
     assert "running, nothing changed" in second.stdout
     assert "pollex-monitoring/alerts.yml is up to date" in second.stdout
     assert "changed: a Prometheus" not in second.stdout
-    assert hash_tree(sb.root / "opt") == opt_before
-    assert hash_tree(sb.root / "etc") == etc_before
+    assert tree_hash(sb.root / "opt") == opt_before
+    assert tree_hash(sb.root / "etc") == etc_before
 
 
 def test_existing_config_and_secrets_are_kept(install_sandbox: Sandbox) -> None:
@@ -130,7 +118,7 @@ def test_existing_config_and_secrets_are_kept(install_sandbox: Sandbox) -> None:
     conf.mkdir(parents=True)
     (conf / "config.yaml").write_text("port: 9999\n")
     (conf / "secrets.env").write_text("POLLEX_API_KEY=mine\n")
-    result = run_ok(sb, str(package(sb)))
+    result = sb.run_ok(SCRIPT, str(package(sb)))
     assert (conf / "config.yaml").read_text() == "port: 9999\n"
     assert (conf / "secrets.env").read_text() == "POLLEX_API_KEY=mine\n"
     assert "config.yaml exists, keeping it" in result.stdout
@@ -145,7 +133,7 @@ def test_monitoring_kit_files_are_updated_and_prometheus_yml_is_kept(
     (installed / "prometheus.yml").write_text("# mine: host label set, alerting added\n")
     (installed / "alerts.yml").write_text("groups: []  # an older kit's rules\n")
     sb.clear_log()
-    result = run_ok(sb, str(package(sb)))
+    result = sb.run_ok(SCRIPT, str(package(sb)))
     assert (installed / "prometheus.yml").read_text() == "# mine: host label set, alerting added\n"
     assert "prometheus.yml exists, keeping it" in result.stdout
     assert (installed / "alerts.yml").read_bytes() == (MONITORING / "alerts.yml").read_bytes()
@@ -158,7 +146,7 @@ def test_monitoring_directories_are_readable_whatever_the_umask(install_sandbox:
     sb = install_sandbox
     strict = sb.root / "strict-umask.sh"
     strict.write_text(f'umask 077\nexec bash {SCRIPT} "$@"\n')
-    run_ok(sb, str(package(sb)), script=strict)
+    sb.run_ok(strict, str(package(sb)))
     installed = Path(sb.env["MONITORING_DIR"])
     for directory in [installed, *(p for p in installed.rglob("*") if p.is_dir())]:
         assert mode(directory) == 0o755, directory
@@ -173,7 +161,7 @@ def test_without_monitoring_beside_it_the_installer_skips_that_step(
     copy.mkdir()
     for name in ("install-pollex.sh", "lib.sh", "config.yaml", "pollex.service"):
         shutil.copy2(JETSON / name, copy / name)
-    result = run_ok(sb, str(package(sb)), script=copy / "install-pollex.sh")
+    result = sb.run_ok(copy / "install-pollex.sh", str(package(sb)))
     assert f"no {copy}/monitoring beside this script; skipping" in result.stdout
     assert not Path(sb.env["MONITORING_DIR"]).exists()
     assert "==> done" in result.stdout
@@ -181,10 +169,10 @@ def test_without_monitoring_beside_it_the_installer_skips_that_step(
 
 def test_a_new_package_is_installed_and_the_service_restarted(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
-    run_ok(sb, str(package(sb)))
+    sb.run_ok(SCRIPT, str(package(sb)))
     package(sb).write_bytes(b"wheel v2")
     sb.clear_log()
-    run_ok(sb, str(package(sb)))
+    sb.run_ok(SCRIPT, str(package(sb)))
     log = sb.log()
     assert any(line.startswith("uv pip install") for line in log)
     assert "systemctl restart pollex.service" in log
@@ -195,7 +183,7 @@ def test_a_new_package_is_installed_and_the_service_restarted(install_sandbox: S
 
 def test_jetson_clocks_flag_installs_and_starts_the_unit(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
-    run_ok(sb, "--jetson-clocks", str(package(sb)))
+    sb.run_ok(SCRIPT, "--jetson-clocks", str(package(sb)))
     unit = Path(sb.env["UNIT_DIR"]) / "jetson-clocks.service"
     assert unit.read_text() == (JETSON / "jetson-clocks.service").read_text()
     assert "systemctl enable jetson-clocks.service" in sb.log()
@@ -213,7 +201,7 @@ def test_uv_with_a_bad_checksum_is_refused(install_sandbox: Sandbox) -> None:
 
 def test_dry_run_changes_nothing(install_sandbox: Sandbox) -> None:
     sb = install_sandbox
-    result = run_ok(sb, "--dry-run", str(package(sb)))
+    result = sb.run_ok(SCRIPT, "--dry-run", str(package(sb)))
     for step in STEPS:
         assert f"==> {step}" in result.stdout, step
     assert "[dry-run] install uv to" in result.stdout

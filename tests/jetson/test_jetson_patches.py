@@ -9,8 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-HashTree = Callable[[Path], str]
+from helpers import tree_hash
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "jetson" / "build-llamacpp.sh"
@@ -36,14 +35,14 @@ def tree(tmp_path: Path) -> Path:
     return dest
 
 
-def test_applying_twice_equals_applying_once(tree: Path, hash_tree: HashTree) -> None:
-    original = hash_tree(tree)
+def test_applying_twice_equals_applying_once(tree: Path) -> None:
+    original = tree_hash(tree)
     first = patch(tree)
     assert first.returncode == 0, first.stderr
-    once = hash_tree(tree)
+    once = tree_hash(tree)
     second = patch(tree)
     assert second.returncode == 0, second.stderr
-    assert hash_tree(tree) == once != original
+    assert tree_hash(tree) == once != original
     assert "already applied" in second.stdout
     assert not re.search(r": (patched|wrote) ", second.stdout)
 
@@ -144,15 +143,15 @@ def test_wmma_kernel_replaced_by_an_aborting_stub(tree: Path) -> None:
     assert "wmma::" not in text
 
 
-def test_a_half_patched_tree_is_completed(tree: Path, tmp_path: Path, hash_tree: HashTree) -> None:
+def test_a_half_patched_tree_is_completed(tree: Path, tmp_path: Path) -> None:
     assert patch(tree).returncode == 0
-    full = hash_tree(tree)
+    full = tree_hash(tree)
     for rel in (f"{CUDA}/fattn-vec-f16.cuh", f"{CUDA}/fattn-wmma-f16.cu", "ggml/CMakeLists.txt"):
         shutil.copy(FIXTURE / rel, tree / rel)
     shutil.rmtree(tree / "pollex-cuda10-shim")
     result = patch(tree)
     assert result.returncode == 0, result.stderr
-    assert hash_tree(tree) == full
+    assert tree_hash(tree) == full
 
 
 def _drop_line(needle: str) -> Callable[[str], str]:

@@ -10,14 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import words
 
 from pollex.config import Config
-
-
-def words(text: str) -> list[str]:
-    """The whitespace-separated words of text (long lists stay compact)."""
-    return text.split()
-
 
 JETSON = Path(__file__).resolve().parents[2] / "jetson"
 SCRIPTS = [JETSON / name for name in ("build-llamacpp.sh", "deploy.sh", "install-pollex.sh")]

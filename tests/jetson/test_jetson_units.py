@@ -14,12 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-
-def words(text: str) -> list[str]:
-    """The whitespace-separated words of text (long lists stay compact)."""
-    return text.split()
-
+from helpers import words
 
 JETSON = Path(__file__).resolve().parents[2] / "jetson"
 UNITS = sorted(JETSON.glob("*.service"))

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from monitoring_kit import (
+
+from .monitoring_kit import (
     GRAFANA_VARIABLES,
     LLAMA_B5050_ONLY,
     POLLEX_METRICS,

@@ -18,28 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import fast_config
 from fakes import FakeLlamaServer, FakeOllama
-from monitoring_kit import (
+from helpers import CPU, GPU, eventually, fast_config, metric_values
+
+from pollex.web.app import create_app
+
+from .monitoring_kit import (
     POLLEX_METRICS,
     TARGET_LABELS,
     contract_labels,
     series_names,
     uses_of_all,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from pollex.web.app import create_app
-
-GPU = "qwen2.5:1.5b-gpu"  # jetson/config.yaml's model ids
-CPU = "qwen2.5:1.5b"
 
 Samples = dict[str, list[dict[str, str]]]  # series name -> the label sets it has
 ZERO_FROM_THE_START = ("pollex_failovers_total", "pollex_upstream_errors_total")
@@ -53,20 +49,11 @@ class Scrapes:
 
 
 def parse(text: str) -> tuple[Samples, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    values = metric_values(text)
     samples: Samples = defaultdict(list)
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append(dict(sample.labels))
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    for name, labels in values:
+        samples[name].append(dict(labels))
     return dict(samples), values
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def run_pollex_like_on_the_nano() -> Scrapes:
@@ -86,7 +73,7 @@ async def run_pollex_like_on_the_nano() -> Scrapes:
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        await until(lambda: llama.probes >= 1 and ollama.probes >= 1)
+        await eventually(lambda: llama.probes >= 1 and ollama.probes >= 1)
         served = await client.post("/api/polish", json={"text": "i has a apple"})
         assert served.status == 200
         assert (await served.json())["provider"] == "llamacpp"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from monitoring_kit import (
+
+from .monitoring_kit import (
     ALERTS_TEST_YML,
     ALERTS_YML,
     MONITORING,
