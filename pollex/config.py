@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 # Every backend pollex can speak, in the canonical order. Each has its settings below
 # (`<provider>_...`) and a row in pollex.adapters.providers that says how it is opened.
 PROVIDERS = ("llamacpp", "ollama", "claude", "mock")
@@ -174,6 +172,8 @@ def load_config(
 
 
 def _from_file(path: Path) -> dict[str, Any]:
+    import yaml  # here, not at the top: a service configured by environment never loads it
+
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

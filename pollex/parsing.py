@@ -9,13 +9,14 @@ SSE client library offers) and every chunk of every answer passes through here.
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-_LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_COLON = ord(":")
 
 
 def encodable(text: str) -> str:
@@ -63,14 +64,17 @@ class SSEEvent:
 class SSEDecoder(_Deferred):
     """Turns SSE bytes into events.
 
-    With `error_field=True` a line `error: {...}` (llama-server b5050's non-standard way of
-    reporting a mid-stream failure) becomes an event named `error` instead of being ignored.
+    Works on bytes and decodes only whole lines (a line end is ASCII, so a whole line never
+    splits a UTF-8 character): no incremental decoder, and the common chunk — LF line ends,
+    one `data:` line — takes one `split`. With `error_field=True` a line `error: {...}`
+    (llama-server b5050's non-standard way of reporting a mid-stream failure) becomes an
+    event named `error` instead of being ignored.
     """
 
     def __init__(self, max_line_bytes: int = 1 << 20, *, error_field: bool = False) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
-        self._pending = ""
-        self._data: list[str] = []
+        self._pending = b""
+        self._at_start = True  # one leading BOM is dropped
+        self._data: list[bytes] = []
         self._event = ""
         self._last_id = ""
         self._max_line = max_line_bytes
@@ -78,51 +82,67 @@ class SSEDecoder(_Deferred):
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         self._raise_pending()
-        text = self._pending + self._decoder.decode(chunk)
-        lines = _LINE_END.split(text)
-        tail = lines.pop()
-        if tail == "" and text.endswith("\r"):
-            # A CR at the end of a chunk may be the first half of a CRLF: keep it back.
-            tail = lines.pop() + "\r"
+        buffer = self._pending + chunk if self._pending else chunk
+        if self._at_start:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._pending = buffer
+                return []
+            if buffer.startswith(_BOM):
+                buffer = buffer[len(_BOM) :]
+            self._at_start = False
+        if b"\r" in buffer:
+            lines = _LINE_END.split(buffer)
+            tail = lines.pop()
+            if not tail and buffer.endswith(b"\r"):
+                # A CR at the end of a chunk may be the first half of a CRLF: keep it back.
+                tail = lines.pop() + b"\r"
+        else:
+            lines = buffer.split(b"\n")
+            tail = lines.pop()
         events: list[SSEEvent] = []
         for line in lines:
+            if len(line) > self._max_line:
+                return self._too_long(events)
             event = self._line(line)
             if event is not None:
                 events.append(event)
         if len(tail) > self._max_line:
-            self._pending = ""
-            self._fail(LineTooLong(f"upstream line longer than {self._max_line} bytes"), events)
-        else:
-            self._pending = tail
+            return self._too_long(events)
+        self._pending = tail
         return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a held CR ends its line; an event without its blank line is dropped."""
         self._raise_pending()
         events: list[SSEEvent] = []
-        if self._pending.endswith("\r"):
+        if self._pending.endswith(b"\r"):
             event = self._line(self._pending[:-1])
             if event is not None:
                 events.append(event)
-        self._pending = ""
+        self._pending = b""
         return events
 
-    def _line(self, line: str) -> SSEEvent | None:
+    def _too_long(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        self._pending = b""
+        self._fail(LineTooLong(f"upstream line longer than {self._max_line} bytes"), events)
+        return events
+
+    def _line(self, line: bytes) -> SSEEvent | None:
         if not line:
             return self._dispatch()
-        if line[0] == ":":
+        if line[0] == _COLON:
             return None
-        field, colon, value = line.partition(":")
-        if colon and value[:1] == " ":
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
             value = value[1:]
-        if field == "data":
+        if field == b"data":
             self._data.append(value)
-        elif field == "event":
-            self._event = value
-        elif field == "id":
-            if "\0" not in value:
-                self._last_id = value
-        elif field == "error" and self._error_field:
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif field == b"id":
+            if b"\0" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif field == b"error" and self._error_field:
             self._event = "error"
             self._data.append(value)
         return None
@@ -131,7 +151,8 @@ class SSEDecoder(_Deferred):
         if not self._data:
             self._event = ""
             return None
-        event = SSEEvent(self._event or "message", "\n".join(self._data), self._last_id)
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        event = SSEEvent(self._event or "message", data.decode("utf-8", "replace"), self._last_id)
         self._data = []
         self._event = ""
         return event

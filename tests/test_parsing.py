@@ -271,7 +271,7 @@ def test_ndjson_line_too_long() -> None:
 # --- properties ------------------------------------------------------------------------------
 
 _LINE_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12
+    st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=12
 )
 _ENDINGS = st.sampled_from(["\n", "\r\n", "\r"])
 
@@ -373,3 +373,17 @@ def test_ndjson_split_anywhere_gives_the_same_objects(
     expected = [obj for obj, *_ in items]
     assert ndjson([stream]) == expected
     assert ndjson(split_at(stream, cuts)) == expected
+
+
+def test_a_whole_line_over_the_limit_is_refused_too() -> None:
+    """Not only a line still coming: one that arrives whole in a single read as well."""
+    decoder = SSEDecoder(max_line_bytes=50)
+    assert decoder.feed(b"data: short\n\n") == [SSEEvent("message", "short", "")]
+    with pytest.raises(LineTooLong):
+        decoder.feed(b"data: " + b"x" * 60 + b"\n\n")
+
+
+def test_a_bom_split_across_reads_is_still_dropped() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef\xbb") == []
+    assert decoder.feed(b"\xbfdata: x\n\n") == [SSEEvent("message", "x", "")]

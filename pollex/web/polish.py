@@ -9,7 +9,6 @@ from typing import Any
 
 from aiohttp import web
 
-from pollex.edits import edits
 from pollex.errors import BadRequest
 from pollex.routing.jobs import PolishJob
 from pollex.web import exchange
@@ -92,5 +91,7 @@ def _json_answer(answer: Answer, edits_of: str | None) -> dict[str, Any]:
         "fallback_from": served.fallback_from,
     }
     if edits_of is not None:
+        from pollex.edits import edits  # loaded by the first request that asks
+
         body["edits"] = edits(edits_of, polished)
     return body

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pollex.adapters import Adapter, Usage
-from pollex.edits import edits
 from pollex.parsing import encodable
 from pollex.routing.router import Served
 from pollex.web.sse import dumps, encode
@@ -102,6 +101,8 @@ def done_payload(answer: Answer, edits_of: str | None = None) -> dict[str, Any]:
     if served.finish.usage is not None:
         done["usage"] = served.finish.usage.as_dict()
     if edits_of is not None:
+        from pollex.edits import edits  # loaded by the first request that asks
+
         done["edits"] = edits(edits_of, polished)
     return done
 
