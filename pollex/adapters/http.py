@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -18,7 +18,7 @@ from yarl import URL
 
 from pollex.adapters import Finish
 from pollex.errors import UpstreamError
-from pollex.parsing import LineTooLong, MalformedLine
+from pollex.parsing import LineTooLong
 
 log = structlog.get_logger("pollex.upstream")
 
@@ -100,8 +100,10 @@ class HttpAdapter:
         async with self._post(path, body) as resp:
             while True:
                 chunk = await resp.content.readany()
-                with parse_errors():
+                try:  # inline, not a context manager: this runs for every chunk
                     items = decoder.feed(chunk) if chunk else decoder.close()
+                except ValueError as exc:
+                    raise parse_error(exc) from None
                 for item in items:
                     try:
                         text = read(item, finish)
@@ -154,16 +156,12 @@ def make_session(
     return aiohttp.ClientSession(timeout=timeout, headers=headers)
 
 
-@contextmanager
-def parse_errors() -> Iterator[None]:
-    """Stream-parser failures as upstream errors of kind `protocol`."""
-    try:
-        yield
-    except LineTooLong:
-        raise UpstreamError("upstream line too long", kind="protocol", marks_down=False) from None
-    except MalformedLine as exc:
-        log.debug("malformed_stream", detail=str(exc)[:DETAIL_LIMIT])
-        raise UpstreamError("malformed upstream stream", kind="protocol") from None
+def parse_error(exc: ValueError) -> UpstreamError:
+    """A stream parser's failure as an upstream error of kind `protocol`."""
+    if isinstance(exc, LineTooLong):
+        return UpstreamError("upstream line too long", kind="protocol", marks_down=False)
+    log.debug("malformed_stream", detail=str(exc)[:DETAIL_LIMIT])
+    return UpstreamError("malformed upstream stream", kind="protocol")
 
 
 @asynccontextmanager

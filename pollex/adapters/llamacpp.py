@@ -99,9 +99,8 @@ def _read_event(event: SSEEvent, finish: Finish) -> str | None:
         raise UpstreamError(f"{UPSTREAM} sent JSON that is not an object", kind="protocol")
     if "error" in data:
         raise reported_error(UPSTREAM, data["error"])
-    usage = _usage(data)
-    if usage is not None:
-        finish.usage = usage
+    if "usage" in data or "timings" in data:  # the last chunk or two, not every token
+        finish.usage = _usage(data)
     choices = data.get("choices")
     if not choices:
         return None

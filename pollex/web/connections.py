@@ -30,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -117,7 +117,7 @@ class _Server(web.Server):
 
     def record(self, method: str, status: int, error: str, outcome: Outcome) -> str:
         """Log and count a request answered here, like the app's access log does."""
-        request_id = uuid.uuid4().hex
+        request_id = secrets.token_hex(16)
         self.metrics.requests.labels(method, "unmatched", str(status)).inc()
         log.info(
             "request",
@@ -181,7 +181,7 @@ class _Connection(RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp: too late for another response
             raise ConnectionError("a response was already started on this connection")
         if status >= 500:  # the app's access log has this request already
-            request_id = uuid.uuid4().hex
+            request_id = secrets.token_hex(16)
             log.error("unhandled_error", request_id=request_id, status=status, exc_info=exc or True)
             error = HTTPStatus(status).phrase.lower()
         else:

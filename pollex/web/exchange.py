@@ -93,6 +93,8 @@ async def serve_stream(
                     return stream.response
                 message = "stream timeout" if isinstance(exc, RequestTimeout) else exc.message
                 await stream.finish(wire.error(message, exc.status), last_write_s)
+            except ConnectionError:
+                raise  # the client is gone: nothing to tell it
             except Exception:
                 if not stream.opened:
                     raise

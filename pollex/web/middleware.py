@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -30,7 +30,7 @@ ROUTE = web.RequestKey("route", str)
 
 def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-ID", "")
-    return incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+    return incoming if _VALID_ID.fullmatch(incoming) else secrets.token_hex(16)
 
 
 def route_of(request: web.Request) -> str:

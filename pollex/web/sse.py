@@ -49,8 +49,10 @@ class EventStream:
         self._loop = asyncio.get_running_loop()
         self._last_write = self._loop.time()
         self._keepalive: asyncio.Task[None] | None = None
-        self._opening: asyncio.Task[None] | None = None
-        self._timer = self._loop.call_later(keepalive_s, self._open) if defer else None
+        # Set once the headers are on their way: by the keep-alive timer (a task), or by
+        # the first write, which sends them itself (no extra task, no extra loop turn).
+        self._opening: asyncio.Future[None] | None = None
+        self._timer = self._loop.call_later(keepalive_s, self._open_soon) if defer else None
 
     @property
     def opened(self) -> bool:
@@ -61,18 +63,24 @@ class EventStream:
         await self.response.prepare(self._request)
         self._keepalive = asyncio.create_task(self._keep_alive())
 
-    def _open(self) -> None:
+    def _open_soon(self) -> None:
+        if self._opening is None:
+            self._opening = asyncio.create_task(self.open())
+
+    async def _ensure_open(self) -> None:
         if self._opening is None:
             if self._timer is not None:
                 self._timer.cancel()
-            self._opening = asyncio.create_task(self.open())
+            self._opening = self._loop.create_future()
+            self._opening.set_result(None)
+            await self.open()
+        else:
+            # Shielded: a watchdog cancelling the handler must not leave half-sent headers.
+            await asyncio.shield(self._opening)
 
     async def write(self, raw: bytes) -> None:
         if self._keepalive is None:
-            self._open()
-            assert self._opening is not None
-            # Shielded: a watchdog cancelling the handler must not leave half-sent headers.
-            await asyncio.shield(self._opening)
+            await self._ensure_open()
         self._last_write = self._loop.time()
         await self.response.write(raw)
 
@@ -85,9 +93,7 @@ class EventStream:
         and aiohttp cannot wait on that buffer again after an earlier wait was cancelled.
         """
         if self._keepalive is None:
-            self._open()
-            assert self._opening is not None
-            await asyncio.shield(self._opening)
+            await self._ensure_open()
         self.close()
         transport = self._request.transport
         if transport is None:
