@@ -152,7 +152,6 @@ def pollex(fake_url: str, loop: str) -> Iterator[Pollex]:
         "POLLEX_RATE_LIMIT_PER_MINUTE": "10000000",
         "POLLEX_LOG_LEVEL": "warning",
         "POLLEX_MAX_OUTPUT_TOKENS": "100000",
-        "POLLEX_MAX_QUEUE": "10000",
     }
     env.pop("POLLEX_API_KEY", None)
     code = "from pollex.cli import main; raise SystemExit(main())"

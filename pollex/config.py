@@ -8,14 +8,14 @@ key and where it came from, instead of surfacing as a confusing error mid-reques
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+
+from pollex import addresses
 
 # Every backend pollex can speak, in the canonical order. Each has its settings below
 # (`<provider>_...`) and a row in pollex.adapters.providers that says how it is opened.
@@ -38,12 +38,6 @@ _LIST_ITEMS = {
 _ONE_OR_MORE = frozenset({"llamacpp_url", "ollama_url", "cors_origin"})
 # Numbers that may be 0 (every other number must be greater than 0).
 _MAY_BE_ZERO = frozenset({"port", "max_queue_wait_s"})
-# An origin as browsers send it: scheme://host[:port], no path (or "*": any origin).
-_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
-# A Host header's name: no scheme, path, space or user info.
-_HOST_NAME = re.compile(r"[^/\s@?#]+")
-# An upstream's base URL: http(s) and a host.
-_BASE_URL = re.compile(r"https?://[^/\s?#]+(/\S*)?", re.IGNORECASE)
 # Settings that fall back to their default when given empty (a blank environment variable).
 _DEFAULT_WHEN_EMPTY = ("llamacpp_model", "ollama_model", "claude_model", "claude_url")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -276,60 +270,26 @@ def _coerce_list(key: str, value: Any, where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where} must be a list of {_LIST_ITEMS[key]}, not {value!r}")
     value = [v.strip() for v in value if v.strip()]  # `llamacpp_url: ""` is no host
     check = _LIST_CHECKS.get(key)
-    return tuple(check(value, where) if check else value)
+    try:
+        return tuple(check(value) if check else value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def _urls(value: list[str], where: str) -> list[str]:
-    wrong = [v for v in value if not _BASE_URL.fullmatch(v)]
-    if wrong:
-        raise ConfigError(f"{where}: {wrong[0]!r} is not a URL (http://host:port)")
-    return value
-
-
-def _providers(value: list[str], where: str) -> list[str]:
+def _providers(value: list[str]) -> list[str]:
     unknown = [p for p in value if p not in PROVIDERS]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})"
-        )
+        raise ValueError(f"unknown provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})")
     return value
 
 
-def _origins(value: list[str], where: str) -> list[str]:
-    value = [v.strip().lower() for v in value]
-    wrong = [v for v in value if v != "*" and not _ORIGIN.fullmatch(v)]
-    if wrong:
-        raise ConfigError(
-            f"{where}: {wrong[0]!r} is not an origin (scheme://host[:port], no path, or *)"
-        )
-    return value
-
-
-def _networks(value: list[str], where: str) -> list[str]:
-    value = [v.strip() for v in value]
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ConfigError(f"{where}: {item!r} is not an IP address or network") from None
-    return value
-
-
-def _host_names(value: list[str], where: str) -> list[str]:
-    value = [v.strip().lower() for v in value]
-    wrong = [v for v in value if not _HOST_NAME.fullmatch(v)]
-    if wrong:
-        raise ConfigError(f"{where}: {wrong[0]!r} is not a host name (as in a Host header)")
-    return value
-
-
-_LIST_CHECKS: dict[str, Callable[[list[str], str], list[str]]] = {
+_LIST_CHECKS: dict[str, Callable[[list[str]], list[str]]] = {
     "fallback": _providers,
-    "llamacpp_url": _urls,
-    "ollama_url": _urls,
-    "cors_origin": _origins,
-    "trusted_proxies": _networks,
-    "allowed_hosts": _host_names,
+    "llamacpp_url": addresses.base_urls,
+    "ollama_url": addresses.base_urls,
+    "cors_origin": addresses.origins,
+    "trusted_proxies": addresses.networks,
+    "allowed_hosts": addresses.host_names,
 }
 
 

@@ -20,13 +20,13 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from pollex.client import report
 from pollex.client.corpus import CorpusError, Sample, gather, select
+from pollex.client.display import BenchProgress as Progress
 from pollex.client.measure import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     import aiohttp
 
 DEFAULT_URL = "http://127.0.0.1:8090"
-PROGRESS_EVERY_S = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,48 +282,3 @@ class Bench:
             self.progress.note(f"pollex: cannot write {opts.json_out}: {exc.strerror}")
             return False
         return True
-
-
-class Progress:
-    """One status line on stderr, for a human at a terminal only; notes go there always."""
-
-    def __init__(self, err: IO[str], *, enabled: bool) -> None:
-        self.err = err
-        self._enabled = enabled
-        self._label = ""
-        self._chars = 0
-        self._last = 0.0
-        self._shown = False
-
-    def step(self, label: str) -> None:
-        self._label, self._chars = label, 0
-        self._show(f"pollex: {label}")
-
-    def text(self, chars: int) -> None:
-        self._chars += chars
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
-            self._show(f"pollex: {self._label} · {self._chars} chars")
-
-    def waiting(self, seconds: float) -> None:
-        self.note(
-            f"pollex: rate limited, waiting {seconds:.0f} s (a valid API key is never limited)"
-        )
-
-    def note(self, line: str) -> None:
-        self.clear()
-        self.err.write(line + "\n")
-        self.err.flush()
-
-    def clear(self) -> None:
-        if self._shown:
-            self.err.write("\r\x1b[K")
-            self.err.flush()
-            self._shown = False
-
-    def _show(self, line: str) -> None:
-        if self._enabled:
-            self.err.write(f"\r\x1b[K{line}")
-            self.err.flush()
-            self._shown = True

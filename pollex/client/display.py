@@ -1,5 +1,6 @@
-"""What `pollex polish` shows: the polished text on stdout, shaped like the input, and a
-progress line on stderr for a person at a terminal (see `pollex.client.polish`)."""
+"""What the clients show: `pollex polish`'s text on stdout, shaped like the input, and the
+status line on stderr that `pollex polish` and `pollex bench` keep for a person at a
+terminal."""
 
 from __future__ import annotations
 
@@ -46,7 +47,28 @@ class TextOutput:
         self._out.flush()
 
 
-class Progress:
+class StatusLine:
+    """One line on stderr, rewritten in place, shown only when `enabled` (a terminal)."""
+
+    def __init__(self, err: IO[str], *, enabled: bool) -> None:
+        self._err = err
+        self._enabled = enabled
+        self._shown = False
+
+    def clear(self) -> None:
+        if self._shown:
+            self._err.write("\r\x1b[K")
+            self._err.flush()
+            self._shown = False
+
+    def _show(self, line: str) -> None:
+        if self._enabled:
+            self._err.write(f"\r\x1b[K{line}")
+            self._err.flush()
+            self._shown = True
+
+
+class Progress(StatusLine):
     """A one-line status on stderr while waiting, for a human at a terminal only.
 
     When stdout is that terminal too, the line is cleared before the first text so the
@@ -54,10 +76,8 @@ class Progress:
     """
 
     def __init__(self, err: IO[str], *, enabled: bool, stdout_tty: bool) -> None:
-        self._err = err
-        self._enabled = enabled
+        super().__init__(err, enabled=enabled)
         self._stdout_tty = stdout_tty
-        self._shown = False
         self._model = ""
         self._chars = 0
         self._last = 0.0
@@ -80,14 +100,34 @@ class Progress:
             self._last = now
             self._show(f"pollex: {self._model}: {self._chars} characters")
 
-    def clear(self) -> None:
-        if self._shown:
-            self._err.write("\r\x1b[K")
-            self._err.flush()
-            self._shown = False
 
-    def _show(self, line: str) -> None:
-        if self._enabled:
-            self._err.write(f"\r\x1b[K{line}")
-            self._err.flush()
-            self._shown = True
+class BenchProgress(StatusLine):
+    """One status line on stderr, for a human at a terminal only; notes go there always."""
+
+    def __init__(self, err: IO[str], *, enabled: bool) -> None:
+        super().__init__(err, enabled=enabled)
+        self.err = err
+        self._label = ""
+        self._chars = 0
+        self._last = 0.0
+
+    def step(self, label: str) -> None:
+        self._label, self._chars = label, 0
+        self._show(f"pollex: {label}")
+
+    def text(self, chars: int) -> None:
+        self._chars += chars
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            self._show(f"pollex: {self._label} · {self._chars} chars")
+
+    def waiting(self, seconds: float) -> None:
+        self.note(
+            f"pollex: rate limited, waiting {seconds:.0f} s (a valid API key is never limited)"
+        )
+
+    def note(self, line: str) -> None:
+        self.clear()
+        self.err.write(line + "\n")
+        self.err.flush()
