@@ -17,17 +17,16 @@ from fakes import closed_port_url
 from helpers import Terminal, collect_events, url_of
 
 from pollex.adapters.mock import tidy
-from pollex.client.polish import (
+from pollex.client.answers import (
     EXIT_AUTH,
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
     EXIT_UPSTREAM,
     EXIT_USAGE,
-    Progress,
-    TextOutput,
-    _status_failure,
 )
+from pollex.client.display import Progress, TextOutput
+from pollex.client.polish import _status_failure
 from pollex.parsing import SSEDecoder
 
 TEXT = "i goes  to the store , and i buy milk"

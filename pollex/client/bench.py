@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from pollex.client import report
-from pollex.client.corpus import CorpusError, Sample, gather, select
-from pollex.client.display import BenchProgress as Progress
-from pollex.client.measure import (
+from pollex.client.answers import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UPSTREAM,
     EXIT_USAGE,
     Failure,
-    Http,
-    RequestFailed,
-    connection,
 )
+from pollex.client.corpus import CorpusError, Sample, gather, select
+from pollex.client.display import BenchProgress as Progress
+from pollex.client.measure import Http, RequestFailed, connection
 from pollex.client.report import Run, SampleResult
 
 if TYPE_CHECKING:

@@ -4,8 +4,9 @@ Times are taken here, on the client, from just before the request is sent: to th
 `delta` event (TTFT) and to the `done` event (total). A 429 is waited out (`Retry-After`)
 and the request sent again, up to RATE_LIMITED_TRIES times; the wait is not timed.
 
-Failures are sorted by what they mean for a bench: `Failure` stops it (pollex itself cannot
-be used: wrong key, not a pollex, a stream broken off), `RequestFailed` is one request that
+Failures are sorted by what they mean for a bench: `Failure` (pollex.client.answers) stops
+it (pollex itself cannot be used: wrong key, not a pollex, a stream broken off),
+`RequestFailed` is one request that
 did not work, `down=True` when pollex says the model cannot serve at all (a 503). The exit
 statuses are those of `pollex polish` for the same meanings. aiohttp is imported when the
 bench starts, so `pollex --help` stays quick.
@@ -18,35 +19,31 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from pollex.client.answers import (
+    EXIT_AUTH,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_UNREACHABLE,
+    EXIT_UPSTREAM,
+    EXIT_USAGE,
+    Failure,
+    error_message,
+    from_pollex,
+    not_pollex,
+)
 from pollex.client.report import Run
 from pollex.parsing import SSEDecoder
 
 if TYPE_CHECKING:
     import aiohttp
 
-EXIT_OK = 0
-EXIT_FAILURE = 1  # anything not below: rate limited for good, not a pollex, invalid event
-EXIT_USAGE = 2  # bad command line, invalid --url
-EXIT_UNREACHABLE = 3  # no connection to pollex, or it broke off an answer
-EXIT_AUTH = 4  # 401/403: missing or wrong API key
-EXIT_BAD_INPUT = 5  # unreadable or invalid --file; pollex said 400/413 or unknown model
-EXIT_UPSTREAM = 6  # a model is down or failed: 503, 5xx, an `error` event
-
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # pollex sends `: keep-alive` after 15 s of silence
 RATE_LIMITED_TRIES = 5
-
-
-class Failure(Exception):
-    """Stops the bench: pollex itself cannot be used."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class RequestFailed(Failure):
@@ -123,7 +120,7 @@ class Http:
         response, started = await self._send("POST", "/api/polish", body)
         async with response:
             if response.status != 200:
-                raise classify(response.status, await response.read())
+                raise classify(response.status, await response.read(), response.headers, self._url)
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise RequestFailed("pollex did not answer with an event stream", EXIT_FAILURE)
             first: float | None = None
@@ -194,8 +191,13 @@ def _payload(name: str, data: str) -> dict[str, Any]:
     return payload
 
 
-def classify(status: int, body: bytes) -> Failure:
-    """An HTTP error status from pollex; 401/403 stop the bench, the others fail a request."""
+def classify(
+    status: int, body: bytes, headers: Mapping[str, str] | None = None, url: str = ""
+) -> Failure:
+    """An HTTP error status; 401/403, and an answer that is not pollex's (given its
+    `headers`), stop the bench; the others fail a request."""
+    if headers is not None and not from_pollex(headers, body):
+        return not_pollex(url, status)
     message = error_message(body) or f"HTTP {status}"
     if status in (401, 403):
         return Failure(message, EXIT_AUTH)
@@ -204,16 +206,6 @@ def classify(status: int, body: bytes) -> Failure:
     if status >= 500:
         return RequestFailed(message, EXIT_UPSTREAM, down=status == 503)
     return RequestFailed(f"{message} (HTTP {status})", EXIT_FAILURE)
-
-
-def error_message(body: bytes) -> str:
-    """pollex's `{"error": "..."}`, or the start of any other body."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace").strip()
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, str) else ""
 
 
 def retry_after(value: str | None) -> float:

@@ -17,33 +17,32 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pollex.client.answers import (
+    EXIT_AUTH,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_UPSTREAM,
+    EXIT_USAGE,
+    Failure,
+    error_message,
+    from_pollex,
+    not_pollex,
+)
 from pollex.client.display import Progress, TextOutput
 from pollex.parsing import SSEDecoder, SSEEvent
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # anything not below: rate limited (429), not a pollex, invalid event
-EXIT_USAGE = 2  # bad command line (argparse's status), invalid --url
-EXIT_UNREACHABLE = 3  # no connection to pollex, or it broke before the answer was complete
-EXIT_AUTH = 4  # 401/403: missing or wrong API key
-EXIT_BAD_INPUT = 5  # empty input, not UTF-8, unreadable FILE, or pollex said 400/413
-EXIT_UPSTREAM = 6  # pollex answered but no model could: an `error` event or a 5xx
 
 DEFAULT_URL = "http://127.0.0.1:8090"
 CONNECT_TIMEOUT_S = 10.0
 # pollex sends `: keep-alive` after `keepalive_s` (default 15 s) of silence, so this much
 # silence means the connection is dead, not that the model is slow.
 READ_TIMEOUT_S = 120.0
-
-
-class Failure(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,8 +165,8 @@ async def polish(
         ):
             if resp.status != 200:
                 answer = await resp.read()
-                if not _from_pollex(resp.headers, answer):
-                    raise _not_pollex(url, resp.status)
+                if not from_pollex(resp.headers, answer):
+                    raise not_pollex(url, resp.status)
                 raise _status_failure(resp.status, answer)
             if not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
                 raise Failure(
@@ -227,27 +226,8 @@ def _handle(
     return None
 
 
-def _from_pollex(headers: Mapping[str, str], body: bytes) -> bool:
-    """pollex's own error answers are JSON `{"error": ...}` and carry an `X-Request-ID`;
-    a proxy's or another server's (an HTML 502 page, a 501) do not."""
-    if "X-Request-ID" not in headers:
-        return False
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "error" in data
-
-
-def _not_pollex(url: str, status: int) -> Failure:
-    """Something else answered: a 5xx (a proxy whose pollex is gone, a server that is not
-    pollex) means pollex was not reached; anything else, that the URL is wrong."""
-    exit_code = EXIT_UNREACHABLE if status >= 500 else EXIT_FAILURE
-    return Failure(f"not a pollex server at {url} (HTTP {status})", exit_code)
-
-
 def _status_failure(status: int, body: bytes) -> Failure:
-    message = _error_message(body) or f"HTTP {status}"
+    message = error_message(body) or f"HTTP {status}"
     if status in (401, 403):
         return Failure(message, EXIT_AUTH)
     if status in (400, 413):
@@ -255,15 +235,3 @@ def _status_failure(status: int, body: bytes) -> Failure:
     if status >= 500:
         return Failure(message, EXIT_UPSTREAM)
     return Failure(f"{message} (HTTP {status})", EXIT_FAILURE)
-
-
-def _error_message(body: bytes) -> str:
-    """pollex's `{"error": "..."}`; also OpenAI's shape, or the start of any other body."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace").strip()
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    return error if isinstance(error, str) else ""

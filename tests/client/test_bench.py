@@ -18,10 +18,8 @@ from helpers import Terminal, url_of
 
 from pollex.adapters.mock import tidy
 from pollex.cli import build_parser
-from pollex.client import corpus, measure, report
-from pollex.client.bench import Options, Progress, bench, options_from
-from pollex.client.corpus import CorpusError, Sample
-from pollex.client.measure import (
+from pollex.client import answers, corpus, measure, report
+from pollex.client.answers import (
     EXIT_AUTH,
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -30,11 +28,16 @@ from pollex.client.measure import (
     EXIT_UPSTREAM,
     EXIT_USAGE,
 )
+from pollex.client.bench import Options, Progress, bench, options_from
+from pollex.client.corpus import CorpusError, Sample
 from pollex.client.report import Run, SampleResult, Spread
 
 TIMES, DASH = report.TIMES, report.DASH
 OLLAMA = "qwen2.5:1.5b"  # FakeOllama: "I went to the store yesterday." at 7 / 1.75 s = 4 tokens/s
 # A few words each: the mock streams a word every 30 ms.
+# What pollex's own 429 carries (its error answers have an X-Request-ID; another server's
+# do not, and pollex bench says so).
+POLLEX_429 = {"Retry-After": "0", "X-Request-ID": "0" * 32}
 TINY = [Sample("one", "i goes home", "test"), Sample("two", "we has  a meeting", "test")]
 
 
@@ -272,7 +275,7 @@ def test_options(tmp_path: Path) -> None:
     ],
 )
 def test_bad_options(argv: list[str], code: int, message: str) -> None:
-    with pytest.raises(measure.Failure) as caught:
+    with pytest.raises(answers.Failure) as caught:
         options_from(_args(*argv))
 
     assert caught.value.exit_code == code
@@ -535,7 +538,7 @@ async def test_rate_limit_is_waited_out(aiohttp_server: Any) -> None:
     async def polish(request: web.Request) -> web.StreamResponse:
         if answers.pop(0) == 429:
             return web.json_response(
-                {"error": "rate limit exceeded"}, status=429, headers={"Retry-After": "0"}
+                {"error": "rate limit exceeded"}, status=429, headers=POLLEX_429
             )
         done = {"polished": "Fine.", "usage": {"tokens_per_second": 12.5}}
         body = _sse(("delta", {"text": "Fine."}), ("done", done))
@@ -552,9 +555,7 @@ async def test_rate_limit_is_waited_out(aiohttp_server: Any) -> None:
 
 async def test_rate_limited_for_good_fails_the_request(aiohttp_server: Any) -> None:
     async def polish(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": "rate limit exceeded"}, status=429, headers={"Retry-After": "0"}
-        )
+        return web.json_response({"error": "rate limit exceeded"}, status=429, headers=POLLEX_429)
 
     url = await _serve(aiohttp_server, polish)
 
@@ -677,3 +678,15 @@ async def test_progress_goes_to_a_terminal_stderr_only(pollex: Any) -> None:
     assert "\x1b" not in out
     assert "pollex: [1/1] chat · mock · run 1".encode() in shown
     assert shown.endswith(b"\r\x1b[K")  # the line is cleared at the end
+
+
+def test_an_answer_that_is_not_pollex_is_named_so() -> None:
+    """A proxy's 502 page in front of a pollex that is gone is not a model that is down:
+    it stops the bench, named for what it is (as `pollex polish` says it)."""
+    url = "http://127.0.0.1:8090"
+    failure = measure.classify(502, b"<html>Bad Gateway</html>", {"Server": "nginx"}, url)
+    assert not isinstance(failure, measure.RequestFailed)
+    assert failure.exit_code == EXIT_UNREACHABLE
+    assert str(failure) == f"not a pollex server at {url} (HTTP 502)"
+    pollex_own = measure.classify(503, b'{"error": "no backend"}', {"X-Request-ID": "a" * 32})
+    assert isinstance(pollex_own, measure.RequestFailed) and pollex_own.down
