@@ -13,7 +13,9 @@ from pollex.errors import BadRequest
 from pollex.routing.jobs import PolishJob
 from pollex.web import exchange
 from pollex.web.keys import CONFIG, REQUEST_ID, ROUTER, SYSTEM_PROMPT
-from pollex.web.wires import Answer, PollexWire
+from pollex.web.wires import Answer, PollexWire, done_payload
+
+JSON_FIELDS = ("polished", "model", "elapsed_ms", "provider", "fallback_from", "edits")
 
 # JSON may carry a lone surrogate (`"\ud800"`, half an emoji cut by a client), which no
 # UTF-8 text can: it becomes U+FFFD, one code point for one, so `edits` spans still hold.
@@ -80,18 +82,7 @@ async def polish(request: web.Request) -> web.StreamResponse:
 
 
 def _json_answer(answer: Answer, edits_of: str | None) -> dict[str, Any]:
-    """The original Go service's answer (its browser extension reads it), and more."""
-    served = answer.served
-    polished = served.text.strip()
-    body: dict[str, Any] = {
-        "polished": polished,
-        "model": served.adapter.id,
-        "elapsed_ms": answer.elapsed_ms,
-        "provider": served.adapter.provider,
-        "fallback_from": served.fallback_from,
-    }
-    if edits_of is not None:
-        from pollex.edits import edits  # loaded by the first request that asks
-
-        body["edits"] = edits(edits_of, polished)
-    return body
+    """The original Go service's answer (its browser extension reads it), and more: the
+    fields of the stream's `done` that the JSON answer has always had, in its order."""
+    done = done_payload(answer, edits_of)
+    return {key: done[key] for key in JSON_FIELDS if key in done}
